@@ -1,0 +1,3 @@
+from snmp_watchdog.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""The asyncio loop that decides when each service is checked.
+
+Rules:
+
+- One schedule per service, kept in a heap ordered by the monotonic time the
+  next check is due. A single dispatcher pops due services and starts their
+  checks as tasks; no service waits for another's check to finish.
+- At most ``max_in_flight`` checks run at once. When the cap is reached the
+  dispatcher waits for a free slot; due checks then start late, never twice.
+- The next check is due ``interval`` after this one started, or
+  ``retry_interval`` while the state machine is confirming a change. Each delay
+  is spread by ``jitter`` (a fraction: 10% means +/-5% around the delay), and the
+  first check of each service is spread over ``jitter`` of its interval, so that
+  services do not line up on the same second.
+- Every check result goes through the pure state machine; its notifications are
+  handed to ``on_notification``. The scheduler itself decides nothing about up
+  and down.
+- ``progress`` is the monotonic time of the last dispatcher pass or finished
+  check: a supervisor's keep-alive is sent only while it moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from snmp_watchdog import state
+from snmp_watchdog.model import Service
+from snmp_watchdog.result import CheckResult
+
+CheckFn = Callable[[Service], Awaitable[CheckResult]]
+NotifyFn = Callable[[Service, "state.ServiceState", state.Notification], None]
+ResultFn = Callable[[Service, "state.ServiceState", CheckResult], None]
+
+log = logging.getLogger("snmp_watchdog")
+
+
+@dataclass(slots=True)
+class Slot:
+    """A service's place in the scheduler: its definition, policy and state."""
+
+    service: Service
+    policy: state.Policy
+    state: state.ServiceState = field(default_factory=state.ServiceState)
+    due: float = 0.0
+    generation: int = 0  # bumped when the slot is replaced or removed; stale heap entries skip
+    running: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        services: Iterable[Service],
+        *,
+        check: CheckFn,
+        on_notification: NotifyFn,
+        on_result: ResultFn | None = None,
+        max_in_flight: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        initial: dict[str, state.ServiceState] | None = None,
+    ) -> None:
+        self._check = check
+        self._on_notification = on_notification
+        self._on_result = on_result
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sem = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._slots: dict[str, Slot] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.progress = clock()
+        self.checks_done = 0
+        now = clock()
+        for svc in services:
+            slot = Slot(svc, state.Policy.from_service(svc))
+            if initial and svc.name in initial:
+                slot.state = initial[svc.name]
+            self._slots[svc.name] = slot
+            self._push(slot, now + self._rng.uniform(0.0, svc.jitter * svc.interval))
+
+    # -- public -----------------------------------------------------------
+
+    @property
+    def slots(self) -> dict[str, Slot]:
+        return self._slots
+
+    @property
+    def in_flight(self) -> int:
+        return self._max_in_flight - self._sem._value  # noqa: SLF001 (no public accessor)
+
+    def states(self) -> dict[str, state.ServiceState]:
+        return {name: slot.state for name, slot in self._slots.items()}
+
+    def update(self, services: Iterable[Service]) -> tuple[list[str], list[str], list[str]]:
+        """Apply a reloaded service list.
+
+        Services whose definition is unchanged keep their state, counters and
+        schedule; changed ones keep their state but are re-scheduled; removed
+        ones are forgotten; new ones start unknown. Returns (added, changed,
+        removed) names.
+        """
+        now = self._clock()
+        new = {svc.name: svc for svc in services}
+        added, changed, removed = [], [], []
+        for name in list(self._slots):
+            if name not in new:
+                self._slots.pop(name).generation += 1
+                removed.append(name)
+        for name, svc in new.items():
+            old = self._slots.get(name)
+            if old is not None and old.service == svc:
+                continue
+            slot = Slot(svc, state.Policy.from_service(svc))
+            if old is None:
+                added.append(name)
+            else:
+                changed.append(name)
+                slot.state = old.state
+                old.generation += 1
+                slot.generation = old.generation + 1
+            self._slots[name] = slot
+            self._push(slot, now + self._rng.uniform(0.0, svc.jitter * min(svc.interval, 1.0)))
+        self._wake.set()
+        return added, changed, removed
+
+    async def run(self) -> None:
+        """Dispatch checks until ``stop()``; then cancel what is in flight."""
+        try:
+            while not self._stopping:
+                now = self._clock()
+                self.progress = now
+                if self._heap and self._heap[0][0] <= now:
+                    _, gen, name = heapq.heappop(self._heap)
+                    slot = self._slots.get(name)
+                    if slot is None or slot.generation != gen or slot.running:
+                        continue
+                    await self._sem.acquire()
+                    slot.running = True
+                    task = asyncio.create_task(self._run_one(slot), name=f"check {name}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    continue
+                delay = (self._heap[0][0] - now) if self._heap else 1.0
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
+        finally:
+            await self._cancel_all()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    # -- internals ---------------------------------------------------------
+
+    def _push(self, slot: Slot, due: float) -> None:
+        slot.due = due
+        heapq.heappush(self._heap, (due, slot.generation, slot.service.name))
+
+    async def _run_one(self, slot: Slot) -> None:
+        svc = slot.service
+        started = self._clock()
+        try:
+            result = await self._check(svc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug in a check, not a verdict on the service: say so loudly, keep
+            # the service's state as it was, and try again at the next interval.
+            log.exception("check of %s failed with an internal error", svc.name)
+            self._push(slot, started + svc.interval)
+            return
+        finally:
+            self._sem.release()
+            slot.running = False
+        now = self._clock()
+        self.progress = now
+        self.checks_done += 1
+        new_state, notes = state.step(slot.state, result, slot.policy, now)
+        slot.state = new_state
+        if self._on_result is not None:
+            self._on_result(svc, new_state, result)
+        for note in notes:
+            self._on_notification(svc, new_state, note)
+        if self._slots.get(svc.name) is not slot:
+            return  # removed or replaced by a reload while the check ran
+        base = svc.retry_interval if state.confirming(new_state) else svc.interval
+        spread = svc.jitter / 2.0
+        delay = base * self._rng.uniform(1.0 - spread, 1.0 + spread)
+        self._push(slot, max(started + delay, now))
+        if self._heap[0][1] == slot.generation and self._heap[0][2] == svc.name:
+            self._wake.set()
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
