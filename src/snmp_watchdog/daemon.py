@@ -19,6 +19,7 @@ from snmp_watchdog.exceptions import ConfigError
 from snmp_watchdog.model import Config, Service
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
+from snmp_watchdog.sdnotify import Notifier, keep_alive, watchdog_interval
 from snmp_watchdog.statusfiles import StatusFiles
 
 log = logging.getLogger("snmp_watchdog")
@@ -49,6 +50,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.status_files: StatusFiles | None = None
         self._stop = asyncio.Event()
+        self.systemd = Notifier()
 
     async def run(self) -> int:
         config = load_config(self.config_path)  # ConfigError propagates: exit 2
@@ -74,7 +76,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         runner = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        background: list[asyncio.Task[None]] = []
+        interval = watchdog_interval()
+        if interval is not None:
+            sched = self.scheduler
+            background.append(
+                asyncio.create_task(
+                    keep_alive(self.systemd, lambda: sched.progress, interval, self.status_line)
+                )
+            )
         log.info("ready")
+        self.systemd.ready(self.status_line())
         try:
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -84,10 +96,26 @@ class Daemon:
             await runner
             stop.cancel()
         finally:
+            self.systemd.stopping()
+            for task in background:
+                task.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            self.systemd.close()
         log.info("stopped after %d checks", self.scheduler.checks_done)
         return 0
+
+    def status_line(self) -> str:
+        """A one-line summary for systemd's STATUS= (shown by ``systemctl status``)."""
+        if self.scheduler is None:
+            return "starting"
+        counts = {"up": 0, "down": 0, "unknown": 0}
+        for st in self.scheduler.states().values():
+            counts[st.state.value] += 1
+        return (
+            f"{counts['up']} up, {counts['down']} down, {counts['unknown']} unknown; "
+            f"{self.scheduler.checks_done} checks"
+        )
 
     def _request_stop(self, name: str) -> None:
         log.info("%s received: stopping", name)
@@ -96,12 +124,14 @@ class Daemon:
     def reload(self) -> None:
         assert self.scheduler is not None
         log.info("SIGHUP received: reloading %s", self.config_path)
+        self.systemd.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
             log.error("reload rejected: keeping the running configuration")
+            self.systemd.ready(self.status_line())
             return
         added, changed, removed = self.scheduler.update(config.services)
         if self.status_files is not None:
@@ -118,10 +148,14 @@ class Daemon:
             len(changed),
             len(removed),
         )
+        self.systemd.ready(self.status_line())
 
     def _on_result(self, svc: Service, st: state.ServiceState, result: CheckResult) -> None:
         log.debug(
-            "check %s: %s %s (%.1f ms)", svc.name, result.reason.code, result.detail,
+            "check %s: %s %s (%.1f ms)",
+            svc.name,
+            result.reason.code,
+            result.detail,
             result.elapsed * 1000.0,
         )
         if self.status_files is not None:
@@ -140,4 +174,4 @@ def run(config_path: Path) -> int:
         import uvloop  # noqa: PLC0415 (optional speed-up)
     except ImportError:
         return asyncio.run(Daemon(config_path).run())
-    return uvloop.run(Daemon(config_path).run())  # type: ignore[no-any-return]
+    return uvloop.run(Daemon(config_path).run())

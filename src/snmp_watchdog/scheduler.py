@@ -96,7 +96,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return self._max_in_flight - self._sem._value  # noqa: SLF001 (no public accessor)
+        return self._max_in_flight - self._sem._value
 
     def states(self) -> dict[str, state.ServiceState]:
         return {name: slot.state for name, slot in self._slots.items()}
@@ -130,7 +130,6 @@ class Scheduler:
                 slot.generation = old.generation + 1
             self._slots[name] = slot
             self._push(slot, now + self._rng.uniform(0.0, svc.jitter * min(svc.interval, 1.0)))
-        self._wake.set()
         return added, changed, removed
 
     async def run(self) -> None:
@@ -165,7 +164,10 @@ class Scheduler:
 
     def _push(self, slot: Slot, due: float) -> None:
         slot.due = due
-        heapq.heappush(self._heap, (due, slot.generation, slot.service.name))
+        entry = (due, slot.generation, slot.service.name)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wake.set()  # due before whatever the dispatcher sleeps towards
 
     async def _run_one(self, slot: Slot) -> None:
         svc = slot.service
@@ -198,8 +200,6 @@ class Scheduler:
         spread = svc.jitter / 2.0
         delay = base * self._rng.uniform(1.0 - spread, 1.0 + spread)
         self._push(slot, max(started + delay, now))
-        if self._heap[0][1] == slot.generation and self._heap[0][2] == svc.name:
-            self._wake.set()
 
     async def _cancel_all(self) -> None:
         tasks = list(self._tasks)

@@ -1,0 +1,223 @@
+"""The scheduler: timing, jitter, the in-flight cap, isolation of slow checks, reload.
+
+The check function here is a stand-in on purpose: what is under test is when
+checks start and what happens to their results, not the checks themselves
+(those are tested against real servers in tests/checks/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from snmp_watchdog import state
+from snmp_watchdog.model import CheckKind, Service
+from snmp_watchdog.reasons import Reason
+from snmp_watchdog.result import CheckResult
+from snmp_watchdog.scheduler import Scheduler
+
+OK = CheckResult(Reason.OK, "", 0.001)
+FAIL = CheckResult(Reason.REFUSED, "connection refused", 0.001)
+
+
+def svc(name: str, **kw: Any) -> Service:
+    base: dict[str, Any] = {
+        "interval": 0.2,
+        "retry_interval": 0.05,
+        "timeout": 1.0,
+        "fall": 2,
+        "rise": 2,
+        "jitter": 0.0,
+    }
+    base.update(kw)
+    return Service(name=name, host="127.0.0.1", port=1, check=CheckKind.TCP, **base)
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+class Recorder:
+    def __init__(self, outcome: Callable[[Service, int], CheckResult] | None = None) -> None:
+        self.starts: dict[str, list[float]] = defaultdict(list)
+        self.notes: list[tuple[str, state.Notification]] = []
+        self.outcome = outcome or (lambda s, n: OK)
+        self.loop_time = 0.0
+
+    async def check(self, s: Service) -> CheckResult:
+        loop = asyncio.get_running_loop()
+        self.starts[s.name].append(loop.time())
+        return self.outcome(s, len(self.starts[s.name]))
+
+    def notify(self, s: Service, st: state.ServiceState, note: state.Notification) -> None:
+        self.notes.append((s.name, note))
+
+
+async def run_for(sched: Scheduler, seconds: float) -> None:
+    task = asyncio.create_task(sched.run())
+    await asyncio.sleep(seconds)
+    sched.stop()
+    await task
+
+
+def test_stable_service_is_checked_every_interval() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        sched = Scheduler(
+            [svc("a", interval=0.1, rise=1)], check=rec.check, on_notification=rec.notify
+        )
+        await run_for(sched, 0.75)
+
+    run(main())
+    starts = rec.starts["a"]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # After the first confirmation (rise=1), checks are interval apart.
+    assert 6 <= len(starts) <= 9, starts
+    assert all(0.09 <= g <= 0.16 for g in gaps), gaps
+
+
+def test_retry_interval_while_a_change_is_confirmed() -> None:
+    # Up after 2 good checks, then failures: fall=3 needs 3 failures at retry_interval.
+    rec = Recorder(lambda s, n: OK if n <= 2 else FAIL)
+
+    async def main() -> None:
+        sched = Scheduler(
+            [svc("a", interval=0.3, retry_interval=0.05, rise=2, fall=3)],
+            check=rec.check,
+            on_notification=rec.notify,
+        )
+        await run_for(sched, 0.9)
+
+    run(main())
+    s = rec.starts["a"]
+    gaps = [b - a for a, b in itertools.pairwise(s)]
+    assert gaps[0] < 0.1  # unknown: confirming at retry_interval
+    assert 0.25 <= gaps[1] <= 0.4  # up and stable: interval
+    assert all(g < 0.1 for g in gaps[2:4])  # failing: confirming the change quickly
+    downs = [n for name, n in rec.notes if n.kind is state.Kind.DOWN]
+    assert len(downs) == 1
+    assert downs[0].count == 3
+
+
+def test_jitter_spreads_first_checks() -> None:
+    rec = Recorder()
+    services = [svc(f"s{i}", interval=1.0, jitter=0.5) for i in range(200)]
+
+    async def main() -> None:
+        sched = Scheduler(
+            services, check=rec.check, on_notification=rec.notify, rng=random.Random(1)
+        )
+        await run_for(sched, 0.6)
+
+    run(main())
+    firsts = sorted(v[0] for v in rec.starts.values())
+    assert len(firsts) == 200
+    # Spread over ~0.5s (jitter 50% of 1s), not all on the same instant.
+    assert firsts[-1] - firsts[0] > 0.35
+
+
+def test_max_in_flight_is_a_cap_and_a_hung_check_delays_no_one() -> None:
+    running = 0
+    peak = 0
+    fast_done: list[float] = []
+
+    async def check(s: Service) -> CheckResult:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            if s.name == "hung":
+                await asyncio.sleep(30)
+            else:
+                await asyncio.sleep(0.02)
+                fast_done.append(asyncio.get_running_loop().time())
+            return OK
+        finally:
+            running -= 1
+
+    services = [svc("hung")] + [svc(f"f{i}", interval=5.0) for i in range(30)]
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        sched = Scheduler(services, check=check, on_notification=lambda *a: None, max_in_flight=4)
+        await run_for(sched, 0.8)
+        return t0
+
+    t0 = run(main())
+    assert peak == 4
+    assert len(fast_done) >= 30  # every fast service got its first check despite the hung one
+    assert max(fast_done[:30]) - t0 < 0.6
+
+
+def test_stop_cancels_checks_in_flight() -> None:
+    cancelled = []
+
+    async def check(s: Service) -> CheckResult:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(s.name)
+            raise
+        return OK
+
+    async def main() -> None:
+        sched = Scheduler([svc("a"), svc("b")], check=check, on_notification=lambda *a: None)
+        await run_for(sched, 0.2)
+
+    run(main(), timeout=3.0)
+    assert sorted(cancelled) == ["a", "b"]
+
+
+def test_a_bug_in_a_check_is_logged_and_the_service_keeps_its_state(caplog: Any) -> None:
+    calls = 0
+
+    async def check(s: Service) -> CheckResult:
+        nonlocal calls
+        calls += 1
+        raise ZeroDivisionError("bug")
+
+    async def main() -> Scheduler:
+        sched = Scheduler([svc("a", interval=0.1)], check=check, on_notification=lambda *a: None)
+        await run_for(sched, 0.35)
+        return sched
+
+    sched = run(main())
+    assert calls >= 2  # rescheduled, not dropped
+    assert sched.states()["a"].state is state.State.UNKNOWN
+    assert "internal error" in caplog.text
+
+
+def test_update_keeps_unchanged_state_forgets_removed_starts_new_unknown() -> None:
+    rec = Recorder()
+
+    async def main() -> Scheduler:
+        a, b = svc("a", rise=1), svc("b", rise=1)
+        sched = Scheduler([a, b], check=rec.check, on_notification=rec.notify)
+        task = asyncio.create_task(sched.run())
+        await asyncio.sleep(0.1)
+        assert sched.states()["a"].state is state.State.UP
+        checks_a = sched.states()["a"].checks
+        added, changed, removed = sched.update([a, svc("c"), replace(b, interval=0.3)])
+        assert (added, changed, removed) == (["c"], ["b"], [])
+        assert sched.states()["a"].checks >= checks_a
+        assert sched.states()["b"].state is state.State.UP  # changed: state kept
+        assert sched.states()["c"].state is state.State.UNKNOWN
+        added, changed, removed = sched.update([a])
+        assert removed == ["b", "c"]
+        await asyncio.sleep(0.1)
+        sched.stop()
+        await task
+        return sched
+
+    sched = run(main())
+    assert set(sched.states()) == {"a"}
