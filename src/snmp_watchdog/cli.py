@@ -110,7 +110,9 @@ def _find_service(config: Config, name: str) -> Service:
         return config.service(name)
     except KeyError:
         names = ", ".join(s.name for s in config.services) or "none"
-        raise UsageError(f"no service named {name!r} in {config.path} (services: {names})") from None
+        raise UsageError(
+            f"no service named {name!r} in {config.path} (services: {names})"
+        ) from None
 
 
 def cmd_run(args: argparse.Namespace, config_path: Path) -> int:
@@ -128,9 +130,7 @@ def cmd_check_config(args: argparse.Namespace, config_path: Path) -> int:
         n = len(exc.problems)
         print(f"{n} problem{'s' if n != 1 else ''} in {config_path}")
         return EXIT_USAGE
-    print(
-        f"{config_path}: OK ({len(config.services)} services, {len(config.receivers)} receivers)"
-    )
+    print(f"{config_path}: OK ({len(config.services)} services, {len(config.receivers)} receivers)")
     return EXIT_OK
 
 
@@ -175,9 +175,12 @@ def cmd_mib(args: argparse.Namespace, config_path: Path) -> int:
     if args.root is not None:
         try:
             root = parse_oid(args.root)
+            text = mib_text(root)
         except ValueError as exc:
-            raise UsageError(f"--root {args.root!r}: {exc}") from None
-    sys.stdout.write(mib_text(root))
+            raise UsageError(f"--root {args.root}: {exc}") from None
+    else:
+        text = mib_text()
+    sys.stdout.write(text)
     return EXIT_OK
 
 

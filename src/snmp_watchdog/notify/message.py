@@ -1,0 +1,213 @@
+"""What goes on the wire for each notification, independent of how it is sent.
+
+Rules:
+
+* A ``Message`` holds the notification's OID and its own varbinds in the order
+  of the MIB's OBJECTS clause; the sender puts ``sysUpTime.0`` and
+  ``snmpTrapOID.0`` in front.
+* Service notifications (Down, Up, Flapping, Flapping-ended) all carry the same
+  13 varbinds, the table's columns instanced by the service's
+  ``wdServiceIndex``, then ``wdNotificationSequence.0`` and
+  ``wdNotificationFlags.0``.
+* Values always fit the MIB: text becomes printable ASCII (other characters as
+  backslash escapes) cut to the object's SIZE with a closing ``...``; counts and
+  times are clamped to 0..4294967295 (Gauge32 latches at its maximum); the
+  sequence number and TimeTicks wrap modulo 2**32, as the SMI defines; times of
+  change are ``DateAndTime`` in UTC (11 octets, direction ``+``, offset 0:0).
+* Anything that is not a value of the MIB (an unknown kind, state or flag, an
+  index of 0) raises ``ValueError``: it is a bug in the caller.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from pysnmp.proto.rfc1902 import Gauge32, Integer32, OctetString, TimeTicks, Unsigned32
+
+from snmp_watchdog import __version__, model
+from snmp_watchdog.notify.mib import FLAG_VALUES, STATE_VALUES, Oids
+from snmp_watchdog.reasons import Reason
+
+#: Largest value of Unsigned32, Gauge32, Counter32 and TimeTicks.
+MAX32: Final = 2**32 - 1
+
+#: SIZE limits of the MIB's text objects.
+NAME_SIZE: Final = 255
+HOST_SIZE: Final = 255
+KIND_SIZE: Final = 32
+TEXT_SIZE: Final = 255
+VERSION_SIZE: Final = 64
+
+SERVICE_KINDS: Final = ("down", "up", "flapping", "flapping_ended")
+
+_ESCAPES: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ELLIPSIS: Final = "..."
+
+Varbind = tuple[tuple[int, ...], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One notification, ready for any transport."""
+
+    notification: tuple[int, ...]  # the value of snmpTrapOID.0
+    varbinds: tuple[Varbind, ...]  # (instance OID, pysnmp rfc1902 value), without the first two
+    kind: str  # "down" | "up" | "flapping" | "flapping_ended" | "heartbeat" | "test"
+    sequence: int
+    service: str | None  # the service's name; None for heartbeat and test
+
+
+class MessageBuilder:
+    """Builds the messages of one OID root."""
+
+    def __init__(self, oids: Oids) -> None:
+        self.oids = oids
+        self._notification = {
+            "down": oids.service_down,
+            "up": oids.service_up,
+            "flapping": oids.service_flapping,
+            "flapping_ended": oids.service_flapping_ended,
+        }
+
+    def service_event(
+        self,
+        *,
+        kind: str,
+        service: model.Service,
+        index: int,
+        state: str,
+        previous: str,
+        reason: Reason,
+        detail: str,
+        count: int,
+        elapsed: float,
+        at_wall: float,
+        sequence: int,
+        flags: str = "normal",
+    ) -> Message:
+        """A Down, Up, Flapping or Flapping-ended notification about ``service``.
+
+        ``index`` is its ``wdServiceIndex`` (1..4294967295), ``elapsed`` the
+        check's response time in seconds, ``at_wall`` the time of the change
+        in seconds since the epoch.
+        """
+        if kind not in self._notification:
+            raise ValueError(f"not a service notification: {kind!r}")
+        if not 1 <= index <= MAX32:
+            raise ValueError(f"wdServiceIndex must be 1..{MAX32}, not {index}")
+        o = self.oids
+        state_value = _enum(STATE_VALUES, "state", state)
+        previous_value = _enum(STATE_VALUES, "state", previous)
+        columns: tuple[tuple[tuple[int, ...], object], ...] = (
+            (o.service_name, _text(service.name, NAME_SIZE)),
+            (o.service_host, _text(service.host, HOST_SIZE)),
+            (o.service_port, Unsigned32(service.port)),
+            (o.service_check_kind, _text(service.check.value, KIND_SIZE)),
+            (o.service_state, Integer32(state_value)),
+            (o.service_previous_state, Integer32(previous_value)),
+            (o.service_reason_code, Integer32(reason.value)),
+            (o.service_reason_text, _text(detail, TEXT_SIZE)),
+            (o.service_consecutive, Unsigned32(_clamp(count))),
+            (o.service_response_time, Gauge32(_clamp(round(elapsed * 1000)))),
+            (o.service_last_change, OctetString(date_and_time(at_wall))),
+        )
+        varbinds = (
+            *(((*column, index), value) for column, value in columns),
+            ((*o.notification_sequence, 0), _sequence(sequence)),
+            ((*o.notification_flags, 0), Integer32(_enum(FLAG_VALUES, "flags", flags))),
+        )
+        return Message(self._notification[kind], varbinds, kind, sequence, service.name)
+
+    def heartbeat(
+        self, *, sequence: int, up: int, down: int, unknown: int, uptime: float
+    ) -> Message:
+        """A heartbeat: how many services are in each state; ``uptime`` in seconds."""
+        o = self.oids
+        varbinds: tuple[Varbind, ...] = (
+            ((*o.watchdog_version, 0), _text(__version__, VERSION_SIZE)),
+            ((*o.watchdog_uptime, 0), TimeTicks(int(uptime * 100) % (MAX32 + 1))),
+            ((*o.services_up, 0), Gauge32(_clamp(up))),
+            ((*o.services_down, 0), Gauge32(_clamp(down))),
+            ((*o.services_unknown, 0), Gauge32(_clamp(unknown))),
+            ((*o.notification_sequence, 0), _sequence(sequence)),
+        )
+        return Message(o.heartbeat, varbinds, "heartbeat", sequence, None)
+
+    def test(self, *, sequence: int, text: str) -> Message:
+        """The MIB's test notification, carrying ``text``."""
+        o = self.oids
+        varbinds: tuple[Varbind, ...] = (
+            ((*o.notification_text, 0), _text(text, TEXT_SIZE)),
+            ((*o.watchdog_version, 0), _text(__version__, VERSION_SIZE)),
+            ((*o.notification_sequence, 0), _sequence(sequence)),
+        )
+        return Message(o.test_notification, varbinds, "test", sequence, None)
+
+
+def date_and_time(at_wall: float) -> bytes:
+    """``DateAndTime`` (SNMPv2-TC) of a time since the epoch: 11 octets, UTC."""
+    t = datetime.fromtimestamp(at_wall, tz=UTC)
+    return struct.pack(
+        ">HBBBBBBcBB",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.microsecond // 100_000,
+        b"+",
+        0,
+        0,
+    )
+
+
+def display_text(text: str, size: int) -> str:
+    """``text`` as printable ASCII of at most ``size`` characters (see the module's rules)."""
+    pieces = [_printable(ch) for ch in text]
+    if sum(map(len, pieces)) <= size:
+        return "".join(pieces)
+    kept: list[str] = []
+    room = size - len(_ELLIPSIS)
+    for piece in pieces:
+        if len(piece) > room:
+            break
+        kept.append(piece)
+        room -= len(piece)
+    return "".join(kept) + _ELLIPSIS
+
+
+def _printable(ch: str) -> str:
+    code = ord(ch)
+    if 0x20 <= code < 0x7F:
+        return ch
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _text(text: str, size: int) -> OctetString:
+    return OctetString(display_text(text, size).encode("ascii"))
+
+
+def _enum(values: Mapping[str, int], what: str, name: str) -> int:
+    try:
+        return values[name]
+    except KeyError:
+        raise ValueError(f"not a valid {what}: {name!r} (one of {', '.join(values)})") from None
+
+
+def _sequence(sequence: int) -> Unsigned32:
+    return Unsigned32(sequence % (MAX32 + 1))
+
+
+def _clamp(value: int) -> int:
+    return min(max(value, 0), MAX32)
