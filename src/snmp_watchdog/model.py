@@ -125,7 +125,9 @@ class Service:
 
 @dataclass(frozen=True, slots=True)
 class UsmKey:
-    protocol: str  # upper case: SHA, SHA224, SHA256, SHA384, SHA512, MD5 | AES128, AES192, AES256, DES
+    protocol: (
+        str  # upper case: SHA, SHA224, SHA256, SHA384, SHA512, MD5 | AES128, AES192, AES256, DES
+    )
     key: Secret
 
 
