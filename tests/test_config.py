@@ -379,7 +379,7 @@ def test_text_keys_keep_what_was_written(tmp_path: Path) -> None:
         """\
 watchdog:
   engine_id: 0x00000000000001
-  oid_root: 1.3
+  oid_root: 1.3.6.1.4.1.99999
 receivers:
   - name: 007
     host: 10.1
@@ -399,7 +399,7 @@ services:
     )
     config = load_config(path)
     assert config.settings.engine_id == bytes.fromhex("00000000000001")
-    assert config.settings.oid_root == (1, 3)
+    assert config.settings.oid_root == (1, 3, 6, 1, 4, 1, 99999)
     bond, v3 = config.receivers
     assert (bond.name, bond.host, bond.version) == ("007", "10.1", "1")
     assert bond.community == Secret("yes")

@@ -29,6 +29,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, mod
 from pydantic_core import PydanticCustomError
 
 from snmp_watchdog.model import CheckKind
+from snmp_watchdog.model import parse_oid as model_parse_oid
+from snmp_watchdog.notify.mib import check_root
 
 #: Keys whose scalar values are taken as the text written (see ``_yaml.parse``).
 TEXT_KEYS = frozenset(
@@ -356,21 +358,16 @@ def parse_engine_id(value: Any) -> bytes:
 
 
 def parse_oid(value: Any) -> tuple[int, ...]:
-    """A dotted OID of at least two arcs, as SNMP allows them."""
+    """A dotted OID under which the MIB's tree can sit (``oid_root``)."""
     text = value.strip() if isinstance(value, str) else ""
-    if _OID_RE.fullmatch(text):
-        arcs = tuple(int(arc) for arc in text.lstrip(".").split("."))
-        if (
-            arcs[0] <= 2
-            and (arcs[0] == 2 or arcs[1] < 40)
-            and all(arc < 2**32 for arc in arcs)
-            and len(arcs) <= 128
-        ):
+    try:
+        arcs = model_parse_oid(text) if _OID_RE.fullmatch(text) else None
+        if arcs is not None:
+            check_root(arcs)
             return arcs
-    raise fail(
-        f"expected a dotted OID like 1.3.6.1.4.1.99999 with at least 2 numbers, "
-        f"got {describe(value)}"
-    )
+    except ValueError as exc:
+        raise fail(f"{exc}, got {describe(value)}") from None
+    raise fail(f"expected a dotted OID like 1.3.6.1.4.1.99999, got {describe(value)}")
 
 
 def parse_http_status(value: Any) -> tuple[int, ...]:
