@@ -219,3 +219,43 @@ def test_test_notification(builder: MessageBuilder) -> None:
 def test_the_default_root_is_netsnmp_playpen() -> None:
     msg = MessageBuilder(Oids()).test(sequence=1, text="x")
     assert msg.notification == (1, 3, 6, 1, 4, 1, 8072, 9999, 9999, 0, 6)
+
+
+def test_encode_decode_round_trip_keeps_every_oid_type_and_value() -> None:
+    from snmp_watchdog.notify.message import decode, encode  # noqa: PLC0415
+
+    builder = MessageBuilder(Oids())
+    svc = model.Service(name="mail", host="mail.example", port=25, check=model.CheckKind.SMTP)
+    msg = builder.service_event(
+        kind="down",
+        service=svc,
+        index=3,
+        state="down",
+        previous="up",
+        reason=Reason.REFUSED,
+        detail="connection refused \u00e9",
+        count=3,
+        elapsed=0.012,
+        at_wall=1_790_000_000.5,
+        sequence=42,
+        flags="reminder",
+    )
+    back = decode(encode(msg))
+    assert back == msg
+    assert [type(v) for _, v in back.varbinds] == [type(v) for _, v in msg.varbinds]
+    assert [bytes(v) if isinstance(v, OctetString) else int(v) for _, v in back.varbinds] == [
+        bytes(v) if isinstance(v, OctetString) else int(v) for _, v in msg.varbinds
+    ]
+    for extra in (
+        builder.heartbeat(sequence=1, up=1, down=2, unknown=3, uptime=5.0),
+        builder.test(sequence=2, text="hello"),
+    ):
+        assert decode(encode(extra)) == extra
+
+
+def test_decode_refuses_what_encode_cannot_have_written() -> None:
+    from snmp_watchdog.notify.message import decode  # noqa: PLC0415
+
+    for bad in (b"", b"{}", b'{"n":"1.3","k":"up","q":1,"v":null,"b":[["1.3","z",1]]}'):
+        with pytest.raises(ValueError, match="not a stored notification"):
+            decode(bad)

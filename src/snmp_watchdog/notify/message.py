@@ -20,13 +20,21 @@ Rules:
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from pysnmp.proto.rfc1902 import Gauge32, Integer32, OctetString, TimeTicks, Unsigned32
+from pysnmp.proto.rfc1902 import (
+    Counter32,
+    Gauge32,
+    Integer32,
+    OctetString,
+    TimeTicks,
+    Unsigned32,
+)
 
 from snmp_watchdog import __version__, model
 from snmp_watchdog.notify.mib import FLAG_VALUES, STATE_VALUES, Oids
@@ -59,6 +67,59 @@ class Message:
     kind: str  # "down" | "up" | "flapping" | "flapping_ended" | "heartbeat" | "test"
     sequence: int
     service: str | None  # the service's name; None for heartbeat and test
+
+
+#: Wire types a message may carry, by the name its stored form uses.
+_TYPES: Final[dict[str, type]] = {
+    "s": OctetString,
+    "i": Integer32,
+    "u": Unsigned32,
+    "g": Gauge32,
+    "c": Counter32,
+    "t": TimeTicks,
+}
+_TYPE_NAMES: Final = {cls: name for name, cls in _TYPES.items()}
+
+
+def encode(message: Message) -> bytes:
+    """The message as bytes for the outbox (pending notifications survive restarts)."""
+    varbinds = []
+    for oid, value in message.varbinds:
+        name = _TYPE_NAMES[type(value)]
+        raw = bytes(value).hex() if name == "s" else int(value)  # type: ignore[call-overload]
+        varbinds.append([".".join(map(str, oid)), name, raw])
+    doc = {
+        "n": ".".join(map(str, message.notification)),
+        "k": message.kind,
+        "q": message.sequence,
+        "v": message.service,
+        "b": varbinds,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    """The inverse of ``encode``; ``ValueError`` for anything ``encode`` cannot have written."""
+    try:
+        doc = json.loads(data)
+        varbinds = []
+        for oid, name, raw in doc["b"]:
+            cls = _TYPES[name]
+            value = cls(bytes.fromhex(raw)) if name == "s" else cls(int(raw))
+            varbinds.append((_oid(oid), value))
+        return Message(
+            notification=_oid(doc["n"]),
+            varbinds=tuple(varbinds),
+            kind=str(doc["k"]),
+            sequence=int(doc["q"]),
+            service=None if doc["v"] is None else str(doc["v"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a stored notification: {exc}") from exc
+
+
+def _oid(text: str) -> tuple[int, ...]:
+    return tuple(int(arc) for arc in text.split("."))
 
 
 class MessageBuilder:

@@ -1,0 +1,269 @@
+"""Notifications waiting for their receivers, and the workers that deliver them.
+
+Rules:
+
+* ``submit()`` never blocks and never touches the network: it appends the
+  message to the queue of each named receiver and returns.
+* Each receiver has its own queue and its own worker task, so a slow or dead
+  receiver delays nothing but itself: not the checks, not other receivers.
+* Per receiver, notifications leave in the order they were submitted: the
+  worker finishes with the oldest (delivered, or given up) before it starts
+  the next, so a receiver that pairs Down with Up sees them in order.
+* A trap is sent once; its outcome is logged.
+* An inform is sent until it is acknowledged or ``give_up_after`` has passed
+  since it was submitted. Each attempt waits up to ``receiver.timeout``;
+  between attempts the pause grows exponentially with random jitter
+  (tenacity's ``wait_exponential_jitter``) up to ``backoff_max``. An attempt
+  that would start after the deadline is not made. Every failed attempt is
+  logged with its reason, and so is giving up.
+* The receiver's current definition is read at every attempt, so a reload
+  that changes its keys or address applies to notifications already queued.
+  A receiver removed by a reload loses its queue (logged with the count).
+* Queues sit behind the small ``PendingQueue`` interface; ``MemoryQueue`` is
+  the in-memory one. A durable queue (notifications not yet acknowledged kept
+  across restarts) implements the same four methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, wait_exponential_jitter
+from tenacity.stop import stop_base
+
+from snmp_watchdog import model
+from snmp_watchdog.notify.message import Message
+from snmp_watchdog.notify.sender import Delivery, Sender
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One notification waiting for one receiver."""
+
+    receiver: str
+    message: Message
+    submitted: float  # on the dispatcher's clock (monotonic seconds)
+
+
+class PendingQueue(Protocol):
+    """The notifications of one receiver, oldest first."""
+
+    def append(self, item: Pending) -> None: ...
+
+    async def head(self) -> Pending:
+        """The oldest notification, waiting until there is one."""
+        ...
+
+    def remove(self, item: Pending) -> None:
+        """Forget ``item`` (the head): it was delivered or given up."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+class MemoryQueue:
+    """A ``PendingQueue`` in memory: lost when the process stops."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Pending] = collections.deque()
+        self._added = asyncio.Event()
+
+    def append(self, item: Pending) -> None:
+        self._items.append(item)
+        self._added.set()
+
+    async def head(self) -> Pending:
+        while not self._items:
+            self._added.clear()
+            await self._added.wait()
+        return self._items[0]
+
+    def remove(self, item: Pending) -> None:
+        self._items.remove(item)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _GiveUpAt(stop_base):
+    """Stop when the next attempt would start at or after ``deadline``."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.clock() + retry_state.upcoming_sleep >= self.deadline
+
+
+def describe(message: Message) -> str:
+    """How logs name a notification: ``down #17 (mail)``."""
+    about = f" ({message.service})" if message.service is not None else ""
+    return f"{message.kind} #{message.sequence}{about}"
+
+
+class Dispatcher:
+    """Delivers submitted notifications to their receivers through one ``Sender``."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        receivers: Sequence[model.Receiver],
+        *,
+        log: logging.Logger,
+        queue_factory: Callable[[str], PendingQueue] = lambda _name: MemoryQueue(),
+        backoff_initial: float = 1.0,
+        backoff_max: float = 300.0,
+        backoff_jitter: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sender = sender
+        self._receivers = {r.name: r for r in receivers}
+        self._log = log
+        self._queue_factory = queue_factory
+        self._backoff = (backoff_initial, backoff_max, backoff_jitter)
+        self._clock = clock
+        self._queues: dict[str, PendingQueue] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._progress = asyncio.Event()  # set whenever a queue shrinks
+
+    def submit(self, message: Message, receiver_names: Sequence[str]) -> None:
+        """Queue ``message`` for each receiver; returns at once (needs the running loop)."""
+        now = self._clock()
+        for name in receiver_names:
+            if name not in self._receivers:
+                self._log.warning("%s: no receiver named %r", describe(message), name)
+                continue
+            if name not in self._queues:
+                self._queues[name] = self._queue_factory(name)
+            self._queues[name].append(Pending(name, message, now))
+            self._ensure_worker(name)
+
+    def pending(self, receiver: str | None = None) -> int:
+        """How many notifications wait (including those being sent now)."""
+        if receiver is not None:
+            queue = self._queues.get(receiver)
+            return len(queue) if queue is not None else 0
+        return sum(len(q) for q in self._queues.values())
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (shutdown gives it a budget)
+        """Wait until every queue is empty, or ``timeout`` seconds; see ``pending()`` after."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.pending():
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return
+
+    async def reconfigure(self, receivers: Sequence[model.Receiver]) -> None:
+        """Apply a reload to the sender and the queues (removed receivers lose theirs)."""
+        await self._sender.reconfigure(receivers)
+        self._receivers = {r.name: r for r in receivers}
+        for name in [n for n in self._queues if n not in self._receivers]:
+            worker = self._workers.pop(name, None)
+            if worker is not None:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            dropped = len(self._queues.pop(name))
+            if dropped:
+                self._log.warning(
+                    "receiver %s removed: %d notification(s) for it dropped", name, dropped
+                )
+        self._progress.set()
+
+    async def close(self) -> None:
+        """Stop the workers (before closing the sender); what is queued stays queued."""
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    # -- workers ------------------------------------------------------------
+
+    def _ensure_worker(self, name: str) -> None:
+        worker = self._workers.get(name)
+        if worker is None or worker.done():
+            worker = asyncio.get_running_loop().create_task(self._work(name), name=f"notify {name}")
+            worker.add_done_callback(self._worker_done)
+            self._workers[name] = worker
+
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        if not worker.cancelled() and worker.exception() is not None:
+            self._log.error(
+                "delivery stopped by an internal error in %s",
+                worker.get_name(),
+                exc_info=worker.exception(),
+            )
+
+    async def _work(self, name: str) -> None:
+        queue = self._queues[name]
+        while True:
+            item = await queue.head()
+            receiver = self._receivers[name]
+            if receiver.mode == "inform" and receiver.version != "1":
+                await self._inform(item)
+            else:
+                await self._trap(receiver, item)
+            queue.remove(item)
+            self._progress.set()
+
+    async def _trap(self, receiver: model.Receiver, item: Pending) -> None:
+        delivery = await self._sender.send(receiver, item.message)
+        if delivery.ok:
+            self._log.info("%s sent to %s", describe(item.message), receiver.name)
+        else:
+            self._log.warning(
+                "%s to %s failed: %s", describe(item.message), receiver.name, delivery.error
+            )
+
+    async def _inform(self, item: Pending) -> None:
+        multiplier, maximum, jitter = self._backoff
+        deadline = item.submitted + self._receivers[item.receiver].give_up_after
+        if self._clock() >= deadline:  # possible for a queue that survived a restart
+            self._give_up(item, 0, "too old before the first attempt")
+            return
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda d: d.error is not None),
+            wait=wait_exponential_jitter(multiplier=multiplier, max=maximum, jitter=jitter),
+            stop=_GiveUpAt(deadline, self._clock),
+            before_sleep=lambda state: self._failed_attempt(item, state),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        delivery: Delivery | None = await retrying(self._attempt, item)
+        if delivery is not None and delivery.error is None:
+            self._log.info("%s to %s %s", describe(item.message), item.receiver, delivery)
+            return
+        attempts = retrying.statistics.get("attempt_number", 0)
+        self._give_up(item, attempts, delivery.error if delivery is not None else "?")
+
+    def _give_up(self, item: Pending, attempts: int, error: str | None) -> None:
+        self._log.error(
+            "%s to %s given up after %d attempt(s) in %.0f s: %s",
+            describe(item.message),
+            item.receiver,
+            attempts,
+            self._clock() - item.submitted,
+            error,
+        )
+
+    async def _attempt(self, item: Pending) -> Delivery:
+        return await self._sender.send(self._receivers[item.receiver], item.message)
+
+    def _failed_attempt(self, item: Pending, state: RetryCallState) -> None:
+        delivery = state.outcome.result() if state.outcome is not None else None
+        self._log.warning(
+            "%s to %s not acknowledged (attempt %d): %s; next attempt in %.1f s",
+            describe(item.message),
+            item.receiver,
+            state.attempt_number,
+            delivery.error if isinstance(delivery, Delivery) else "?",
+            state.upcoming_sleep,
+        )

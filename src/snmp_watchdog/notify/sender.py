@@ -1,0 +1,629 @@
+"""One SNMP notification to one receiver, over one SNMP engine.
+
+This is the only module that drives pysnmp. Rules:
+
+* One ``SnmpEngine`` for the life of the sender, created in ``start()`` inside
+  the running event loop and closed by ``close()``; a sender starts once.
+* Every receiver gets its own rows in the engine's tables, named ``wd<n>``
+  with ``n`` never reused: a target address, target parameters, and for
+  SNMPv1/v2c a community entry whose security name is that same ``wd<n>``.
+  A notification is sent to exactly one target, as a PDU built here, so it
+  leaves once, under that receiver's credentials only, even when several
+  receivers share one host and port (pysnmp's high-level ``send_notification``
+  keys its targets by address and would send it under every credential used
+  for that address).
+* The PDU always starts with ``sysUpTime.0``: the daemon's real uptime
+  (``time.monotonic() - started``) in TimeTicks, modulo 2**32, and
+  ``snmpTrapOID.0``. SNMPv1 receivers get the RFC 3584 conversion done by
+  pysnmp: enterprise and specific-trap from the notification OID, agent-addr
+  from ``snmpTrapAddress.0``, which is added for them (the source address, or
+  the local address the system routes to the receiver through); Counter64
+  values cannot travel in SNMPv1 and are left out.
+* Traps are sent once and report ``ok`` with nothing acknowledged (only a
+  local failure, such as a socket error, is reported). SNMPv1 has no inform:
+  an SNMPv1 receiver always gets a trap. Informs wait up to
+  ``receiver.timeout`` for the response; one attempt, no retransmission (the
+  caller retries).
+* SNMPv3: pysnmp's USM finds a user by (engine ID, user name), so the
+  security name is the user name. For a trap the sender is authoritative and
+  the user's keys are localized to our engine ID. For an inform the receiver
+  is authoritative: pysnmp's automatic copying of users to discovered engines
+  is switched off (it would copy whichever receiver's keys happen to be
+  installed under that user name); instead, when the receiver's engine ID is
+  discovered, the user is installed for that engine ID with this receiver's
+  keys, and the inform is sent again within the same timeout. Before every
+  SNMPv3 send the row for (engine ID, user) is checked to hold this
+  receiver's keys, so two receivers with the same user name and different
+  keys both work.
+* Keys are hashed once (RFC 3414 password to key, a few ms each) and cached;
+  localizing them to an engine ID is cheap.
+* Protocols are always given explicitly (pysnmp's defaults are MD5 and DES).
+  MD5 and DES are refused unless ``allow_weak_crypto``.
+* Host names are resolved when a receiver is configured and again at the next
+  send after a failure; a receiver that cannot be resolved, or whose source
+  address cannot be bound, fails its sends with that reason instead of
+  stopping the sender.
+* The engine ID and ``snmpEngineBoots`` come from ``notify.engine`` (kept in
+  ``state_dir``); pysnmp's own persistence under ``$TMPDIR/__pysnmp`` is not
+  used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+from pysnmp.carrier.asyncio.dgram import udp, udp6
+from pysnmp.entity import config
+from pysnmp.entity.engine import SnmpEngine
+from pysnmp.entity.rfc3413 import ntforg
+from pysnmp.proto import errind, rfc1902
+from pysnmp.proto import error as snmp_error
+from pysnmp.proto.api import v2c
+from pysnmp.proto.mpmod.rfc3412 import SnmpV3MessageProcessingModel
+
+from snmp_watchdog import model
+from snmp_watchdog.notify import engine as identity
+from snmp_watchdog.notify.message import Message
+from snmp_watchdog.notify.mib import SNMP_TRAP_OID, SYS_UPTIME
+
+#: SNMP-COMMUNITY-MIB snmpTrapAddress.0: SNMPv1's agent-addr (RFC 3584 section 3.2).
+SNMP_TRAP_ADDRESS = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
+
+AUTH_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "SHA": config.USM_AUTH_HMAC96_SHA,
+    "SHA224": config.USM_AUTH_HMAC128_SHA224,
+    "SHA256": config.USM_AUTH_HMAC192_SHA256,
+    "SHA384": config.USM_AUTH_HMAC256_SHA384,
+    "SHA512": config.USM_AUTH_HMAC384_SHA512,
+    "MD5": config.USM_AUTH_HMAC96_MD5,
+}
+#: AES-192/256 extend the localized key in one of two ways, which agree for
+#: SHA-256 and longer digests and differ for SHA-1 and MD5 (measured against
+#: Net-SNMP 5.9.3): ``AES192``/``AES256`` follow draft-blumenthal-aes-usm-04
+#: like Net-SNMP's ``AES-192``/``AES-256``; ``AES192C``/``AES256C`` follow the
+#: Reeder 3DES draft like Cisco and Net-SNMP's ``AES192C``/``AES256C``.
+PRIV_PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "AES128": config.USM_PRIV_CFB128_AES,
+    "AES192": config.USM_PRIV_CFB192_AES_BLUMENTHAL,
+    "AES256": config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+    "AES192C": config.USM_PRIV_CFB192_AES,
+    "AES256C": config.USM_PRIV_CFB256_AES,
+    "DES": config.USM_PRIV_CBC56_DES,
+}
+WEAK_PROTOCOLS = frozenset({"MD5", "DES"})
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (errind.RequestTimedOut, "timeout"),
+    (errind.WrongDigest, "wrong digest (auth key?)"),
+    (errind.UnknownUserName, "unknown user"),
+    (errind.UnknownEngineID, "unknown engine ID"),
+    (errind.NotInTimeWindow, "not in time window"),
+    (errind.DecryptionError, "decryption error (privacy key?)"),
+    (errind.UnsupportedSecurityLevel, "unsupported security level"),
+    (errind.UnknownSecurityName, "unknown security name"),
+    (errind.AuthenticationFailure, "authentication failure"),
+)
+#: The unspecified IPv4 address: bind to every interface (an ephemeral client port), and
+#: SNMPv1's "agent address unknown".
+ANY_IPV4 = "0.0.0.0"  # noqa: S104
+#: Longest wait for a receiver's host name to resolve.
+RESOLVE_TIMEOUT = 10.0
+_CLOSED = "sender closed"
+_CLOSED_MARK = object()  # the indication of an inform cut short by close()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one attempt to send one notification to one receiver.
+
+    A trap: ``ok`` and not ``acknowledged`` once it left (or ``error`` for a
+    local failure). An inform: ``acknowledged`` with the round-trip time in
+    seconds, or ``error`` with the reason ("timeout", "wrong digest (auth
+    key?)", "unknown user", ...).
+    """
+
+    receiver: str
+    ok: bool
+    acknowledged: bool
+    rtt: float | None
+    error: str | None
+
+    def __str__(self) -> str:
+        if self.acknowledged and self.rtt is not None:
+            return f"acknowledged in {self.rtt * 1000:.1f} ms"
+        if self.ok:
+            return "sent"
+        return f"failed: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    """An SNMPv3 user as installed in the engine: protocols and hashed (master) keys."""
+
+    user: str
+    level: str  # noAuthNoPriv | authNoPriv | authPriv
+    auth: tuple[int, ...]
+    auth_key: bytes | None
+    priv: tuple[int, ...]
+    priv_key: bytes | None
+
+
+@dataclass(slots=True)
+class _Target:
+    receiver: model.Receiver
+    name: str  # wd<n>: target address, target parameters and community rows
+    domain: tuple[int, ...]
+    address: tuple[str, int]
+    agent_address: str  # SNMPv1 agent-addr
+    credentials: _Credentials | None  # SNMPv3 only
+    peer_engine: bytes | None = None  # the receiver's engine ID, once discovered (informs)
+    transport: _UdpMixin | None = None
+
+
+class _UdpMixin(asyncio.DatagramProtocol):
+    """Remembers the socket error a send ran into (asyncio reports it, pysnmp ignores it)."""
+
+    last_error: OSError | None = None
+
+    def error_received(self, exc: Exception) -> None:
+        if not isinstance(exc, OSError):  # asyncio only reports socket errors here
+            raise exc
+        self.last_error = exc
+
+
+class _Udp(_UdpMixin, udp.UdpAsyncioTransport):  # type: ignore[misc]
+    pass
+
+
+class _Udp6(_UdpMixin, udp6.Udp6AsyncioTransport):  # type: ignore[misc]
+    pass
+
+
+class Sender:
+    """Sends notifications to configured receivers over one pysnmp engine."""
+
+    def __init__(
+        self,
+        settings: model.Settings,
+        receivers: Sequence[model.Receiver],
+        *,
+        started: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._receivers = {r.name: r for r in receivers}
+        self._started = started
+        self._clock = clock
+        self._engine: SnmpEngine | None = None
+        self._closed = False
+        self._engine_id: bytes | None = None
+        self._boots = 0
+        self._ntf = ntforg.NotificationOriginator()
+        self._numbers = count(1)
+        self._targets: dict[str, _Target] = {}
+        self._broken: dict[str, str] = {}  # receiver name -> why it is not configured
+        self._domains: dict[tuple[int, str | None], tuple[tuple[int, ...], _UdpMixin]] = {}
+        self._usm: dict[tuple[bytes, str], _Credentials] = {}  # installed USM rows
+        self._master_keys: dict[tuple[Any, ...], bytes] = {}
+        self._pending: set[asyncio.Future[tuple[Any, Any]]] = set()
+        self._configuring = asyncio.Lock()
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the engine (engine ID and boots from ``state_dir``) and configure receivers."""
+        if self._engine is not None or self._closed:
+            raise RuntimeError("a Sender starts once (pysnmp's engine dies with its loop)")
+        state_dir = self._settings.state_dir
+        engine_id = identity.load_engine_id(state_dir, self._settings.engine_id)
+        boots = identity.next_boots(state_dir, engine_id)
+        # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
+        # boots are then set in the engine's own MIB instances, where USM reads them.
+        snmp = SnmpEngine()
+        mib = snmp.get_mib_builder()
+        (engine_id_mib, boots_mib) = mib.import_symbols(
+            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
+        )
+        engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
+        snmp.snmpEngineID = engine_id_mib.syntax
+        boots_mib.syntax = boots_mib.syntax.clone(boots)
+        (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
+        discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
+        self._engine, self._engine_id, self._boots = snmp, engine_id, boots
+        await self._domain(socket.AF_INET, None)
+        for receiver in self._receivers.values():
+            self._check(receiver)
+            await self._configure(receiver)
+
+    @property
+    def engine_id(self) -> bytes:
+        """Our SNMPv3 engine ID (receivers of v3 traps need it for ``createUser -e``)."""
+        if self._engine_id is None:
+            raise RuntimeError("Sender not started")
+        return self._engine_id
+
+    @property
+    def engine_boots(self) -> int:
+        """``snmpEngineBoots`` of this run (0 before ``start()``)."""
+        return self._boots
+
+    def uptime_ticks(self) -> int:
+        """``sysUpTime.0`` now: hundredths of a second since the daemon started, mod 2**32."""
+        return int((self._clock() - self._started) * 100) % 2**32
+
+    async def reconfigure(self, receivers: Sequence[model.Receiver]) -> None:
+        """Apply a new receiver list: rows of removed or changed receivers are replaced."""
+        wanted = {r.name: r for r in receivers}
+        for receiver in wanted.values():
+            self._check(receiver)
+        for name in list(self._targets):
+            if wanted.get(name) != self._targets[name].receiver:
+                self._unconfigure(name)
+        self._broken = {k: v for k, v in self._broken.items() if k in wanted}
+        self._receivers = wanted
+        for receiver in wanted.values():
+            if receiver.name not in self._targets:
+                await self._configure(receiver)
+
+    async def close(self) -> None:
+        """Close the engine and its sockets; informs in flight fail with "sender closed"."""
+        if self._engine is None:
+            return
+        for future in list(self._pending):
+            if not future.done():
+                future.set_result((_CLOSED_MARK, None))
+        self._engine.close_dispatcher()
+        self._engine = None
+        self._closed = True
+        await asyncio.sleep(0)  # let the transports' connection_lost run
+
+    # -- sending ------------------------------------------------------------
+
+    async def send(self, receiver: model.Receiver, message: Message) -> Delivery:
+        """One attempt: a trap leaves once; an inform waits up to ``receiver.timeout``."""
+        if self._engine is None:
+            raise RuntimeError("Sender closed" if self._closed else "Sender not started")
+        target = self._targets.get(receiver.name)
+        if target is None or target.receiver != receiver:
+            self._check(receiver)
+            await self._configure(receiver)
+            target = self._targets.get(receiver.name)
+            if target is None:
+                return _failed(receiver, self._broken.get(receiver.name, "not configured"))
+        if receiver.mode == "inform" and receiver.version != "1":
+            return await self._inform(target, message)
+        return self._trap(target, message)
+
+    def _trap(self, target: _Target, message: Message) -> Delivery:
+        if target.credentials is not None:
+            self._install_user(self.engine_id, target.credentials)
+        pdu = self._pdu(target, message, inform=False)
+        assert target.transport is not None
+        target.transport.last_error = None
+        try:
+            self._ntf.send_pdu(self._engine, target.name, None, b"", pdu)
+        except snmp_error.StatusInformation as exc:
+            return _failed(target.receiver, _reason(exc["errorIndication"]))
+        if target.transport.last_error is not None:
+            return _failed(target.receiver, _socket_reason(target.transport.last_error))
+        return Delivery(target.receiver.name, True, False, None, None)
+
+    async def _inform(self, target: _Target, message: Message) -> Delivery:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + target.receiver.timeout
+        discovered = False
+        while True:
+            if self._targets.get(target.receiver.name) is not target:  # reconfigured meanwhile
+                return _failed(target.receiver, "receiver reconfigured")
+            peer = self._peer_engine(target) or target.peer_engine
+            if target.credentials is not None and peer is not None:
+                self._install_user(peer, target.credentials)
+            pdu = self._pdu(target, message, inform=True)
+            indication, response = await self._request(target, pdu, deadline)
+            if (
+                isinstance(indication, errind.UnknownSecurityName)
+                and target.credentials is not None
+                and not discovered
+            ):
+                # The receiver's engine ID is known now (discovery ran): install the user
+                # for it and send again within the same deadline.
+                discovered = True
+                target.peer_engine = self._peer_engine(target)
+                if target.peer_engine is not None:
+                    continue
+            break
+        rtt = loop.time() - start
+        if indication is None:
+            target.peer_engine = self._peer_engine(target) or target.peer_engine
+            status = int(v2c.apiPDU.get_error_status(response))
+            if status:
+                return _failed(target.receiver, f"error-status {status} in the response")
+            return Delivery(target.receiver.name, True, True, rtt, None)
+        if indication is _CLOSED_MARK:
+            return _failed(target.receiver, _CLOSED)
+        if isinstance(indication, OSError):
+            return _failed(target.receiver, _socket_reason(indication))
+        return _failed(target.receiver, _reason(indication))
+
+    async def _request(self, target: _Target, pdu: Any, deadline: float) -> tuple[Any, Any]:
+        """Send a confirmed PDU; return (error indication or None, response PDU)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+
+        def done(_engine: Any, _handle: Any, indication: Any, response: Any, _ctx: Any) -> None:
+            if not future.done():
+                future.set_result((indication, response))
+
+        assert target.transport is not None
+        target.transport.last_error = None
+        self._pending.add(future)
+        try:
+            try:
+                self._ntf.send_pdu(self._engine, target.name, None, b"", pdu, done)
+            except snmp_error.StatusInformation as exc:
+                return exc["errorIndication"], None
+            if target.transport.last_error is not None:
+                return target.transport.last_error, None
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                    return await future
+            except TimeoutError:
+                return errind.requestTimedOut, None
+        finally:
+            self._pending.discard(future)
+
+    def _pdu(self, target: _Target, message: Message, *, inform: bool) -> Any:
+        pdu = v2c.InformRequestPDU() if inform else v2c.SNMPv2TrapPDU()
+        v2c.apiPDU.set_defaults(pdu)
+        varbinds: list[tuple[tuple[int, ...], Any]] = [
+            (SYS_UPTIME, rfc1902.TimeTicks(self.uptime_ticks())),
+            (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(message.notification)),
+        ]
+        if target.receiver.version == "1":
+            varbinds.append((SNMP_TRAP_ADDRESS, rfc1902.IpAddress(target.agent_address)))
+            varbinds.extend(
+                (oid, value)
+                for oid, value in message.varbinds
+                if not isinstance(value, rfc1902.Counter64)
+            )
+        else:
+            varbinds.extend(message.varbinds)
+        v2c.apiPDU.set_varbinds(pdu, varbinds)
+        return pdu
+
+    # -- configuration ------------------------------------------------------
+
+    def _check(self, receiver: model.Receiver) -> None:
+        """Raise ValueError for what configuration loading should have refused."""
+        if receiver.version in ("1", "2c"):
+            if receiver.community is None:
+                raise ValueError(
+                    f"receiver {receiver.name}: SNMPv{receiver.version} needs a community"
+                )
+            return
+        if receiver.version != "3":
+            raise ValueError(f"receiver {receiver.name}: unknown SNMP version {receiver.version!r}")
+        if not receiver.user:
+            raise ValueError(f"receiver {receiver.name}: SNMPv3 needs a user")
+        if receiver.priv is not None and receiver.auth is None:
+            raise ValueError(f"receiver {receiver.name}: privacy needs authentication")
+        for key, table in ((receiver.auth, AUTH_PROTOCOLS), (receiver.priv, PRIV_PROTOCOLS)):
+            if key is None:
+                continue
+            if key.protocol not in table:
+                raise ValueError(f"receiver {receiver.name}: unknown protocol {key.protocol}")
+            if key.protocol in WEAK_PROTOCOLS and not self._settings.allow_weak_crypto:
+                raise ValueError(
+                    f"receiver {receiver.name}: {key.protocol} needs allow_weak_crypto: true"
+                )
+
+    async def _configure(self, receiver: model.Receiver) -> None:
+        """Install the rows of one receiver, or record in ``_broken`` why it cannot be."""
+        async with self._configuring:  # one at a time: it awaits name lookups and sockets
+            current = self._targets.get(receiver.name)
+            if current is not None and current.receiver == receiver:
+                return  # done meanwhile by a concurrent send
+            await self._configure_now(receiver)
+
+    async def _configure_now(self, receiver: model.Receiver) -> None:
+        assert self._engine is not None
+        if receiver.name in self._targets:
+            self._unconfigure(receiver.name)
+        self._broken.pop(receiver.name, None)
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                family, ip = await self._resolve(receiver)
+        except TimeoutError:
+            self._broken[receiver.name] = f"cannot resolve {receiver.host}: timed out"
+            return
+        except OSError as exc:
+            self._broken[receiver.name] = f"cannot resolve {receiver.host}: {_strerror(exc)}"
+            return
+        try:
+            domain, transport = await self._domain(family, receiver.source)
+        except OSError as exc:
+            self._broken[receiver.name] = f"cannot send from {receiver.source}: {_strerror(exc)}"
+            return
+        name = f"wd{next(self._numbers)}"
+        credentials = None
+        if receiver.version == "3":
+            credentials = self._credentials(receiver)
+            config.add_target_parameters(self._engine, name, credentials.user, credentials.level, 3)
+        else:
+            assert receiver.community is not None
+            config.add_v1_system(self._engine, name, receiver.community.reveal(), securityName=name)
+            config.add_target_parameters(
+                self._engine, name, name, "noAuthNoPriv", 0 if receiver.version == "1" else 1
+            )
+        # pysnmp's own timeout only cleans up after ours (``_request``) has expired.
+        config.add_target_address(
+            self._engine, name, domain, (ip, receiver.port), name,
+            int(receiver.timeout * 100) + 100, 0,
+        )  # fmt: skip
+        agent = _agent_address(family, ip, receiver.port, receiver.source)
+        self._targets[receiver.name] = _Target(
+            receiver, name, domain, (ip, receiver.port), agent, credentials, transport=transport
+        )
+
+    def _unconfigure(self, receiver_name: str) -> None:
+        target = self._targets.pop(receiver_name)
+        config.delete_target_address(self._engine, target.name)
+        config.delete_target_parameters(self._engine, target.name)
+        if target.credentials is None:
+            config.delete_v1_system(self._engine, target.name)
+            return
+        if any(t.credentials == target.credentials for t in self._targets.values()):
+            return
+        for key, credentials in list(self._usm.items()):
+            if credentials == target.credentials:
+                engine_id, user = key
+                config.delete_v3_user(self._engine, user, securityEngineId=engine_id)
+                del self._usm[key]
+
+    async def _resolve(self, receiver: model.Receiver) -> tuple[int, str]:
+        """The address family and IP address to send to (matching the source's family)."""
+        want = None
+        if receiver.source is not None:
+            try:
+                want = _family(ipaddress.ip_address(receiver.source))
+            except ValueError:
+                raise OSError(f"source {receiver.source!r} is not an IP address") from None
+        try:
+            family = _family(ipaddress.ip_address(receiver.host))
+        except ValueError:
+            pass
+        else:
+            if want not in (None, family):
+                raise OSError(f"the source {receiver.source} is of another address family")
+            return family, receiver.host
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            receiver.host, receiver.port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP
+        )
+        for family, _type, _proto, _name, sockaddr in infos:
+            if family in (socket.AF_INET, socket.AF_INET6) and want in (None, family):
+                return family, str(sockaddr[0])
+        raise OSError(f"no {'IPv6' if want == socket.AF_INET6 else 'IP'} address")
+
+    async def _domain(self, family: int, source: str | None) -> tuple[tuple[int, ...], _UdpMixin]:
+        """The transport domain (one UDP socket) for this family and source address."""
+        key = (family, source)
+        if key in self._domains:
+            return self._domains[key]
+        base = udp.SNMP_UDP_DOMAIN if family == socket.AF_INET else udp6.SNMP_UDP6_DOMAIN
+        domain = base if source is None else (*base, len(self._domains) + 1)
+        loop = asyncio.get_running_loop()
+        transport: _UdpMixin = _Udp(loop=loop) if family == socket.AF_INET else _Udp6(loop=loop)
+        local = (source or (ANY_IPV4 if family == socket.AF_INET else "::"), 0)
+        await loop.create_datagram_endpoint(
+            lambda: transport,
+            local_addr=local,
+            family=family,
+        )
+        config.add_transport(self._engine, domain, transport)
+        self._domains[key] = (domain, transport)
+        return domain, transport
+
+    def _credentials(self, receiver: model.Receiver) -> _Credentials:
+        assert receiver.user is not None
+        auth = AUTH_PROTOCOLS[receiver.auth.protocol] if receiver.auth else config.USM_AUTH_NONE
+        priv = PRIV_PROTOCOLS[receiver.priv.protocol] if receiver.priv else config.USM_PRIV_NONE
+        auth_key = priv_key = None
+        level = "noAuthNoPriv"
+        if receiver.auth is not None:
+            level = "authNoPriv"
+            auth_key = self._master_key(auth, None, receiver.auth.key.reveal())
+        if receiver.priv is not None:
+            level = "authPriv"
+            priv_key = self._master_key(priv, auth, receiver.priv.key.reveal())
+        return _Credentials(receiver.user, level, auth, auth_key, priv, priv_key)
+
+    def _master_key(
+        self, protocol: tuple[int, ...], auth: tuple[int, ...] | None, key: str
+    ) -> bytes:
+        """RFC 3414 password-to-key (and its extensions), cached: it hashes 1 MB."""
+        cache_key = (protocol, auth, key)
+        if cache_key not in self._master_keys:
+            passphrase = rfc1902.OctetString(key.encode())
+            if auth is None:
+                master = config.AUTH_SERVICES[protocol].hash_passphrase(passphrase)
+            else:
+                master = config.PRIV_SERVICES[protocol].hash_passphrase(auth, passphrase)
+            self._master_keys[cache_key] = bytes(master.asOctets())
+        return self._master_keys[cache_key]
+
+    def _install_user(self, engine_id: bytes, credentials: _Credentials) -> None:
+        """Make the USM row (engine_id, user) hold these credentials."""
+        key = (engine_id, credentials.user)
+        if self._usm.get(key) == credentials:
+            return
+        config.add_v3_user(
+            self._engine,
+            credentials.user,
+            credentials.auth,
+            credentials.auth_key,
+            credentials.priv,
+            credentials.priv_key,
+            securityEngineId=engine_id,
+            authKeyType=config.USM_KEY_TYPE_MASTER,
+            privKeyType=config.USM_KEY_TYPE_MASTER,
+        )
+        self._usm[key] = credentials
+
+    def _peer_engine(self, target: _Target) -> bytes | None:
+        """The receiver's engine ID if pysnmp has discovered it (cached for 300 s)."""
+        assert self._engine is not None
+        mp = self._engine.message_processing_subsystems[
+            SnmpV3MessageProcessingModel.MESSAGE_PROCESSING_MODEL_ID
+        ]
+        host, port = target.address
+        for address in ((host, port), (host, port, 0, 0)):
+            engine_id, _context, _name = mp.get_peer_engine_info(target.domain, address)
+            if engine_id is not None:
+                return bytes(engine_id.asOctets())
+        return None
+
+
+def _failed(receiver: model.Receiver, reason: str) -> Delivery:
+    return Delivery(receiver.name, False, False, None, reason)
+
+
+def _reason(indication: Any) -> str:
+    for kind, text in _REASONS:
+        if isinstance(indication, kind):
+            return text
+    return str(indication) or type(indication).__name__
+
+
+def _socket_reason(exc: OSError) -> str:
+    return f"socket error: {_strerror(exc)}"
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+
+
+def _agent_address(family: int, ip: str, port: int, source: str | None) -> str:
+    """SNMPv1 agent-addr: the source address, else the one the system routes through."""
+    if family != socket.AF_INET:
+        return ANY_IPV4
+    if source is not None:
+        return source
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((ip, port))  # no packet: only picks the route
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ANY_IPV4
