@@ -94,9 +94,7 @@ async def serve(n: int, hangs: int) -> None:
     loop = asyncio.get_running_loop()
     servers = []
     for i in range(n):
-        servers.append(
-            await loop.create_server(SmtpLike, "127.0.0.1", BASE_PORT + i, backlog=512)
-        )
+        servers.append(await loop.create_server(SmtpLike, "127.0.0.1", BASE_PORT + i, backlog=512))
     for i in range(hangs):
         servers.append(
             await loop.create_server(Hang, "127.0.0.1", BASE_PORT + HANG_PORT_OFFSET + i)
@@ -108,7 +106,7 @@ async def serve(n: int, hangs: int) -> None:
 # -- the checking processes -----------------------------------------------------
 
 
-async def baseline_round(ports: list[int], timeout: float) -> int:
+async def baseline_round(ports: list[int], limit: float) -> int:
     sem = asyncio.Semaphore(CONCURRENCY)
     ok = 0
 
@@ -116,7 +114,7 @@ async def baseline_round(ports: list[int], timeout: float) -> int:
         nonlocal ok
         async with sem:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit):
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     try:
                         line = await reader.readline()
@@ -145,13 +143,13 @@ async def baseline_round(ports: list[int], timeout: float) -> int:
 
 async def watchdog_round(services: list[Any], max_in_flight: int) -> int:
     from snmp_watchdog.checks import run_check  # noqa: PLC0415
-    from snmp_watchdog.scheduler import Scheduler  # noqa: PLC0415
     from snmp_watchdog.reasons import Reason  # noqa: PLC0415
+    from snmp_watchdog.scheduler import Scheduler  # noqa: PLC0415
 
     done = asyncio.Event()
     target = len(services)
 
-    def on_result(svc: Any, st: Any, result: Any) -> None:
+    def on_result(svc: Any, st: Any, result: Any, notes: Any) -> None:
         if sched.checks_done >= target:
             done.set()
 
@@ -206,9 +204,23 @@ def child(mode: str, n: int, hangs: int, timeout: float, rounds: int) -> dict[st
 
 def run_child(mode: str, n: int, hangs: int, timeout: float, rounds: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, str(HERE), "--child", mode, "--n", str(n), "--hangs", str(hangs),
-         "--timeout", str(timeout), "--rounds", str(rounds)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(HERE),
+            "--child",
+            mode,
+            "--n",
+            str(n),
+            "--hangs",
+            str(hangs),
+            "--timeout",
+            str(timeout),
+            "--rounds",
+            str(rounds),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -216,10 +228,15 @@ def run_child(mode: str, n: int, hangs: int, timeout: float, rounds: int) -> dic
 
 def bare_rss_kib() -> int:
     out = subprocess.run(
-        [sys.executable, "-c",
-         "import resource, snmp_watchdog.scheduler, snmp_watchdog.checks;"
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import resource, snmp_watchdog.scheduler, snmp_watchdog.checks;"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return int(out.stdout)
 
@@ -228,7 +245,8 @@ def measure(n: int, timeout: float) -> dict[str, Any]:
     hangs = max(1, n // 100)
     server = subprocess.Popen(
         [sys.executable, str(HERE), "--serve", str(n), "--hangs", str(hangs)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -282,8 +300,10 @@ def main() -> None:
         loop_name = "uvloop"
     except ImportError:
         loop_name = "asyncio"
-    print(f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores,"
-          f" {loop_name}, concurrency {CONCURRENCY}, best of {ROUNDS} rounds")
+    print(
+        f"# {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores,"
+        f" {loop_name}, concurrency {CONCURRENCY}, best of {ROUNDS} rounds"
+    )
     for n in (int(s) for s in args.sizes.split(",")):
         r = measure(n, args.timeout)
         print(

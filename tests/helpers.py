@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 
 def free_tcp_port() -> int:
@@ -17,3 +26,106 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Daemon:
+    """``watchdog run`` in a subprocess, its stderr collected line by line."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        env.pop("JOURNAL_STREAM", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snmp_watchdog", "-c", str(config), *extra, "run"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> int:
+        """Index of the first line from ``start`` on matching ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if rx.search(self.lines[i]):
+                        return i
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as in a crash or an OOM kill."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
+        self._reader.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=10)
+        self._close()
+        return rc
+
+
+class _Handler:
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 OK"
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a fixed loopback port, stopped and started at will."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_tcp_port()
+        self._controller: Any = None
+
+    def start(self) -> SmtpServer:
+        from aiosmtpd.controller import Controller  # noqa: PLC0415
+
+        self._controller = Controller(_Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+def wait_for_file(path: Path, content: str, timeout: float = 5.0) -> None:
+    """Wait until ``path`` holds exactly ``content`` (written by another process)."""
+    deadline = time.monotonic() + timeout
+    seen: str | None = None
+    while time.monotonic() < deadline:
+        try:
+            seen = path.read_text()
+        except FileNotFoundError:
+            seen = None
+        if seen == content:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} holds {seen!r}, not {content!r}")

@@ -6,76 +6,17 @@ transitions, their reasons, and how many checks each took.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from tests.helpers import free_tcp_port
+from tests.helpers import Daemon, SmtpServer, free_tcp_port, wait_for_file
 
 pytestmark = pytest.mark.slow
-
-
-class _Handler:
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802 (aiosmtpd's name)
-        return "250 OK"
-
-
-class Daemon:
-    """``watchdog run`` in a subprocess, its stderr collected line by line."""
-
-    def __init__(self, config: Path, *extra: str) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snmp_watchdog", "-c", str(config), *extra, "run"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> int:
-        """Index of the first line from ``start`` on matching ``pattern``."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if rx.search(self.lines[i]):
-                        return i
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(
-                        f"no line matching {pattern!r}; got:\n" + "\n".join(self.lines)
-                    )
-                self._cond.wait(min(left, 0.2))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-        return rc
 
 
 @pytest.fixture
@@ -83,10 +24,8 @@ def smtp_port() -> int:
     return free_tcp_port()
 
 
-def start_smtp(port: int) -> Controller:
-    controller = Controller(_Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    return controller
+def start_smtp(port: int) -> SmtpServer:
+    return SmtpServer(port).start()
 
 
 @pytest.fixture
@@ -94,9 +33,7 @@ def daemon_factory(tmp_path: Path) -> Iterator[list[Daemon]]:
     started: list[Daemon] = []
     yield started
     for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=5)
+        d.kill()
 
 
 def write_config(tmp_path: Path, port: int, **extra: str) -> Path:
@@ -136,20 +73,20 @@ def test_down_and_up_are_logged_once_each_with_the_checks_they_took(
         # First confirmation: rise=2 good checks, no notification for up from unknown.
         first_ok = d.wait_for(r"check mail: ok")
         d.wait_for(r"check mail: ok", start=first_ok + 1)
-        assert (tmp_path / "status" / "mail").read_text() == "0\n"
+        wait_for_file(tmp_path / "status" / "mail", "0\n")
     finally:
         server.stop()
     down = d.wait_for(r"mail \(127\.0\.0\.1:\d+ smtp\) is DOWN \(was up\) after 3 checks: refused")
     failed = [ln for ln in d.lines[:down] if "check mail: refused" in ln]
     assert len(failed) == 3, d.lines
-    assert (tmp_path / "status" / "mail").read_text() == "1\n"  # Reason.REFUSED
+    wait_for_file(tmp_path / "status" / "mail", "1\n")  # Reason.REFUSED
 
     server = start_smtp(smtp_port)
     try:
         up = d.wait_for(r"mail \(127\.0\.0\.1:\d+ smtp\) is UP \(was down\) after 2 checks: ok")
         good = [ln for ln in d.lines[down:up] if "check mail: ok" in ln]
         assert len(good) == 2, d.lines[down:up]
-        assert (tmp_path / "status" / "mail").read_text() == "0\n"
+        wait_for_file(tmp_path / "status" / "mail", "0\n")
     finally:
         server.stop()
     assert d.stop() == 0

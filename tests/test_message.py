@@ -243,9 +243,7 @@ def test_encode_decode_round_trip_keeps_every_oid_type_and_value() -> None:
     back = decode(encode(msg))
     assert back == msg
     assert [type(v) for _, v in back.varbinds] == [type(v) for _, v in msg.varbinds]
-    assert [bytes(v) if isinstance(v, OctetString) else int(v) for _, v in back.varbinds] == [
-        bytes(v) if isinstance(v, OctetString) else int(v) for _, v in msg.varbinds
-    ]
+    assert [repr(v) for _, v in back.varbinds] == [repr(v) for _, v in msg.varbinds]
     for extra in (
         builder.heartbeat(sequence=1, up=1, down=2, unknown=3, uptime=5.0),
         builder.test(sequence=2, text="hello"),

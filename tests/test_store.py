@@ -478,6 +478,9 @@ def test_an_empty_version_0_database_is_upgraded(state_dir: Path) -> None:
         assert db.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
 
 
+CURRENT = store_module.schema_version()
+
+
 def test_a_new_migration_upgrades_and_keeps_a_copy(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,10 +496,10 @@ def test_a_new_migration_upgrades_and_keeps_a_copy(
         assert s.load_states(mono_now=MONO, wall_now=WALL) == {"mail": FULL}
         assert s.next_sequence() == 2
     with raw(state_dir / "state.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (CURRENT + 1,)
         assert db.execute("SELECT note FROM service").fetchall() == [("v2",)]
-    with raw(state_dir / "state.db.schema-1.bak") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    with raw(state_dir / f"state.db.schema-{CURRENT}.bak") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (CURRENT,)
         assert db.execute("SELECT name FROM service").fetchall() == [("mail",)]
 
 
@@ -510,9 +513,42 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
         db.execute("SELECT * FROM no_such_table")
 
     monkeypatch.setattr(store_module, "_MIGRATIONS", [*store_module._MIGRATIONS, broken])
-    with pytest.raises(StoreError, match="upgrading the schema to version 2"):
+    with pytest.raises(StoreError, match=f"upgrading the schema to version {CURRENT + 1}"):
         Store.open(state_dir)
     with raw(state_dir / "state.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (CURRENT,)
         columns = [r[1] for r in db.execute("PRAGMA table_info(service)")]
         assert "note" not in columns
+
+
+def test_service_indexes_are_stable_and_never_reused(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        first = store.service_indexes(["b", "a"])
+        assert sorted(first.values()) == [1, 2]
+        store.forget(["a"])
+        assert store.service_indexes(["c"]) == {"c": 3}
+    with Store.open(tmp_path) as store:
+        again = store.service_indexes(["a", "b", "c"])
+    assert again == {**first, "c": 3}
+
+
+def test_version_1_database_is_upgraded_keeping_states_and_numbering_services(
+    tmp_path: Path,
+) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    with Store.open(tmp_path) as store:
+        store.save_state(
+            "mail", ServiceState(state=State.UP, notified=State.UP), mono_now=0.0, wall_now=0.0
+        )
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("DROP TABLE service_index")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Store.open(tmp_path) as store:
+        assert store.load_states(mono_now=0.0, wall_now=0.0)["mail"].state is State.UP
+        numbers = store.service_indexes(["mail", "web"])
+    assert numbers["mail"] == 1
+    assert numbers["web"] > 1
+    assert (tmp_path / "state.db.schema-1.bak").exists()

@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("service", metavar="SERVICE")
 
+    p = sub.add_parser("test-trap", help="send a test notification to the receivers")
+    _config_arg(p)
+    p.add_argument("--receiver", metavar="NAME", action="append", help="only this receiver")
+    p.add_argument(
+        "--service", metavar="NAME", help="send a Down then an Up for this service, marked as test"
+    )
+    p.add_argument("--inform", action="store_true", help="send as informs and wait for the acks")
+
+    p = sub.add_parser("status", help="the state of every service, from the state store")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("mib", help="print the bundled MIB")
     _config_arg(p)
     p.add_argument("--root", metavar="OID", help="move the whole tree under this OID")
@@ -184,7 +196,49 @@ def cmd_mib(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
+def cmd_test_trap(args: argparse.Namespace, config_path: Path) -> int:
+    from snmp_watchdog.notify.testtrap import send_tests  # noqa: PLC0415
+    from snmp_watchdog.store import Store, StoreError  # noqa: PLC0415
+
+    config = load_config(config_path)
+    receivers = list(config.receivers)
+    if args.receiver:
+        known = {r.name: r for r in receivers}
+        unknown = [n for n in args.receiver if n not in known]
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise UsageError(f"no receiver named {unknown[0]!r} (receivers: {names})")
+        receivers = [known[n] for n in args.receiver]
+    if not receivers:
+        raise UsageError(f"{config.path} defines no receivers")
+    service, index = None, 0
+    if args.service is not None:
+        service = _find_service(config, args.service)
+        index = config.services.index(service) + 1
+        try:
+            with Store.open(config.settings.state_dir, readonly=True) as store:
+                index = store.known_indexes().get(service.name, index)
+        except StoreError:
+            pass  # no daemon has run yet: the position in the file will do
+    outcomes = asyncio.run(send_tests(config, receivers, service, index, inform=args.inform))
+    for outcome in outcomes:
+        r = outcome.receiver
+        results = "; ".join(str(d) for d in outcome.deliveries)
+        print(f"{r.name} ({r.host}:{r.port} v{r.version} {r.mode}): {results}")
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace, config_path: Path) -> int:
+    from snmp_watchdog import status  # noqa: PLC0415
+
+    data = status.collect(load_config(config_path))
+    print(status.to_json(data) if args.json else status.render(data))
+    return EXIT_OK
+
+
 COMMANDS = {
+    "test-trap": cmd_test_trap,
+    "status": cmd_status,
     "run": cmd_run,
     "check-config": cmd_check_config,
     "probe": cmd_probe,

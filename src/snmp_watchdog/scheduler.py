@@ -13,8 +13,9 @@ Rules:
   first check of each service is spread over ``jitter`` of its interval, so that
   services do not line up on the same second.
 - Every check result goes through the pure state machine; its notifications are
-  handed to ``on_notification``. The scheduler itself decides nothing about up
-  and down.
+  handed to ``on_notification``, after ``on_result`` has seen the result, the
+  new state and the same notifications (a persistent caller saves them together).
+  The scheduler itself decides nothing about up and down.
 - ``progress`` is the monotonic time of the last dispatcher pass or finished
   check: a supervisor's keep-alive is sent only while it moves.
 """
@@ -36,7 +37,9 @@ from snmp_watchdog.result import CheckResult
 
 CheckFn = Callable[[Service], Awaitable[CheckResult]]
 NotifyFn = Callable[[Service, "state.ServiceState", state.Notification], None]
-ResultFn = Callable[[Service, "state.ServiceState", CheckResult], None]
+ResultFn = Callable[
+    [Service, "state.ServiceState", CheckResult, tuple[state.Notification, ...]], None
+]
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -191,7 +194,7 @@ class Scheduler:
         new_state, notes = state.step(slot.state, result, slot.policy, now)
         slot.state = new_state
         if self._on_result is not None:
-            self._on_result(svc, new_state, result)
+            self._on_result(svc, new_state, result, notes)
         for note in notes:
             self._on_notification(svc, new_state, note)
         if self._slots.get(svc.name) is not slot:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 log = logging.getLogger("snmp_watchdog")
 
 
-class Notifier:
+class SystemdNotifier:
     def __init__(self, address: str | None = None) -> None:
         address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
         self._sock: socket.socket | None = None
@@ -77,7 +77,10 @@ def watchdog_interval() -> float | None:
 
 
 async def keep_alive(
-    notifier: Notifier, progress: Callable[[], float], interval: float, status: Callable[[], str]
+    notifier: SystemdNotifier,
+    progress: Callable[[], float],
+    interval: float,
+    status: Callable[[], str],
 ) -> None:
     """Send ``WATCHDOG=1`` every ``interval`` while ``progress()`` keeps moving."""
     last = progress()

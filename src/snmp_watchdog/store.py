@@ -146,8 +146,17 @@ def _schema_v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX outbox_receiver ON outbox (receiver, id)")
 
 
+def _schema_v2(db: sqlite3.Connection) -> None:
+    """Stable service numbers (the MIB's wdServiceIndex), never reused for another name."""
+    db.execute(
+        "CREATE TABLE service_index "
+        "(idx INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL)"
+    )
+    db.execute("INSERT INTO service_index (name) SELECT name FROM service ORDER BY name")
+
+
 #: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
 
 
 def schema_version() -> int:
@@ -393,12 +402,31 @@ class Store:
                 self.path, f"the stored state of service {row[0]!r} is invalid ({exc})"
             ) from exc
 
+    def known_indexes(self) -> dict[str, int]:
+        """Every service number allocated so far (works on a read-only store)."""
+        return {str(n): int(i) for n, i in self._read("SELECT name, idx FROM service_index")}
+
+    def service_indexes(self, names: Iterable[str]) -> dict[str, int]:
+        """The stable number of each service, allocating one for a name never seen."""
+        wanted = set(names)
+        with self.transaction(), self._sql():
+            rows = self._db.execute("SELECT name, idx FROM service_index").fetchall()
+            known = {str(name): int(idx) for name, idx in rows}
+            for name in sorted(wanted - known.keys()):
+                cur = self._db.execute("INSERT INTO service_index (name) VALUES (?)", (name,))
+                known[name] = int(cur.lastrowid or 0)
+        return {name: idx for name, idx in known.items() if name in wanted}
+
     # -- sequence and meta --
 
-    def next_sequence(self) -> int:
-        """The next notification sequence number: 1, 2, 3, ... never repeated."""
+    def next_sequence(self, *, above: int = 0) -> int:
+        """The next notification sequence number: 1, 2, 3, ... never repeated.
+
+        ``above``: a number already used elsewhere (while the database could not
+        be written); the sequence continues after it.
+        """
         with self.transaction():
-            self._write("UPDATE sequence SET value = value + 1 WHERE id = 1")
+            self._write("UPDATE sequence SET value = MAX(value, ?) + 1 WHERE id = 1", (above,))
             (value,) = self._read("SELECT value FROM sequence WHERE id = 1")[0]
         return int(value)
 
@@ -440,6 +468,13 @@ class Store:
             for r in rows
         ]
 
+    def count_pending(self, receiver: str, *, after: int = 0) -> int:
+        """How many notifications for ``receiver`` with id above ``after`` wait."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM outbox WHERE receiver = ? AND id > ?", (receiver, after)
+        )
+        return int(rows[0][0])
+
     def mark_attempt(self, id: int, error: str) -> None:
         """Count one failed delivery attempt (no-op when ``id`` is gone)."""
         self._write(
@@ -466,13 +501,18 @@ _SELECT_STATES = """
            checks, failed_checks, previous
     FROM service ORDER BY name
 """
-_SAVE_STATE = """
-    INSERT OR REPLACE INTO service (
-           name, state, since, failures, successes, changes, flapping, flapping_since,
-           notified, notified_at, last_check, last_reason, last_detail, last_elapsed,
-           checks, failed_checks, previous)
+_STATE_COLUMNS = (
+    "state, since, failures, successes, changes, flapping, flapping_since, notified, "
+    "notified_at, last_check, last_reason, last_detail, last_elapsed, checks, "
+    "failed_checks, previous"
+)
+# Column names are constants here; every value is a parameter.
+_SAVE_STATE = f"""
+    INSERT INTO service (name, {_STATE_COLUMNS})
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+    ON CONFLICT (name) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS.split(", "))}
+"""  # noqa: S608
 
 
 # --- opening, step by step --------------------------------------------------

@@ -94,8 +94,29 @@ def load_engine_id(state_dir: Path, configured: bytes | None) -> bytes:
         ) from None
 
 
+def saved_engine_id(state_dir: Path, configured: bytes | None) -> bytes | None:
+    """The engine ID the daemon uses, without creating one (None: not generated yet)."""
+    if configured is not None:
+        return configured
+    try:
+        return parse_engine_id((state_dir / ENGINE_ID_FILE).read_text(encoding="ascii"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WatchdogError(
+            f"{state_dir / ENGINE_ID_FILE}: cannot read the engine ID: {exc}"
+        ) from exc
+
+
 def next_boots(state_dir: Path, engine_id: bytes) -> int:
     """Increment and save ``snmpEngineBoots`` for ``engine_id``; return the new value."""
+    boots = min(current_boots(state_dir, engine_id) + 1, MAX_BOOTS)
+    _write_private(state_dir / ENGINE_BOOTS_FILE, f"{format_engine_id(engine_id)} {boots}\n")
+    return boots
+
+
+def current_boots(state_dir: Path, engine_id: bytes) -> int:
+    """The saved ``snmpEngineBoots`` for ``engine_id`` (0 when none is saved)."""
     path = state_dir / ENGINE_BOOTS_FILE
     boots = 0
     try:
@@ -106,9 +127,7 @@ def next_boots(state_dir: Path, engine_id: bytes) -> int:
         pass
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise WatchdogError(f"{path}: cannot read snmpEngineBoots: {exc}") from exc
-    boots = min(max(boots, 0) + 1, MAX_BOOTS)
-    _write_private(path, f"{format_engine_id(engine_id)} {boots}\n")
-    return boots
+    return max(boots, 0)
 
 
 def _write_private(path: Path, text: str) -> None:

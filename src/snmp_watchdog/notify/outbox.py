@@ -49,6 +49,7 @@ class Pending:
     receiver: str
     message: Message
     submitted: float  # on the dispatcher's clock (monotonic seconds)
+    key: int = 0  # the queue's own handle (a durable queue's row id)
 
 
 class PendingQueue(Protocol):
@@ -56,12 +57,24 @@ class PendingQueue(Protocol):
 
     def append(self, item: Pending) -> None: ...
 
+    def append_volatile(self, item: Pending) -> None:
+        """Queue ``item`` in memory only (a durable queue whose storage is failing)."""
+        ...
+
     async def head(self) -> Pending:
         """The oldest notification, waiting until there is one."""
         ...
 
     def remove(self, item: Pending) -> None:
         """Forget ``item`` (the head): it was delivered or given up."""
+        ...
+
+    def failed(self, item: Pending, error: str) -> None:
+        """Note a failed attempt (what ``watchdog status`` shows)."""
+        ...
+
+    def clear(self) -> int:
+        """Forget everything (the receiver was removed); returns how many were dropped."""
         ...
 
     def __len__(self) -> int: ...
@@ -78,6 +91,8 @@ class MemoryQueue:
         self._items.append(item)
         self._added.set()
 
+    append_volatile = append
+
     async def head(self) -> Pending:
         while not self._items:
             self._added.clear()
@@ -86,6 +101,14 @@ class MemoryQueue:
 
     def remove(self, item: Pending) -> None:
         self._items.remove(item)
+
+    def failed(self, item: Pending, error: str) -> None:
+        pass
+
+    def clear(self) -> int:
+        dropped = len(self._items)
+        self._items.clear()
+        return dropped
 
     def __len__(self) -> int:
         return len(self._items)
@@ -133,8 +156,13 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._progress = asyncio.Event()  # set whenever a queue shrinks
 
-    def submit(self, message: Message, receiver_names: Sequence[str]) -> None:
-        """Queue ``message`` for each receiver; returns at once (needs the running loop)."""
+    def submit(
+        self, message: Message, receiver_names: Sequence[str], *, volatile: bool = False
+    ) -> None:
+        """Queue ``message`` for each receiver; returns at once (needs the running loop).
+
+        ``volatile``: keep it in memory only, even in a durable queue (its storage failed).
+        """
         now = self._clock()
         for name in receiver_names:
             if name not in self._receivers:
@@ -142,8 +170,20 @@ class Dispatcher:
                 continue
             if name not in self._queues:
                 self._queues[name] = self._queue_factory(name)
-            self._queues[name].append(Pending(name, message, now))
+            queue = self._queues[name]
+            if volatile:
+                queue.append_volatile(Pending(name, message, now))
+            else:
+                queue.append(Pending(name, message, now))
             self._ensure_worker(name)
+
+    def resume(self) -> None:
+        """Start delivering what the queues already hold (a durable queue after a restart)."""
+        for name in self._receivers:
+            if name not in self._queues:
+                self._queues[name] = self._queue_factory(name)
+            if len(self._queues[name]):
+                self._ensure_worker(name)
 
     def pending(self, receiver: str | None = None) -> int:
         """How many notifications wait (including those being sent now)."""
@@ -171,7 +211,7 @@ class Dispatcher:
             if worker is not None:
                 worker.cancel()
                 await asyncio.gather(worker, return_exceptions=True)
-            dropped = len(self._queues.pop(name))
+            dropped = self._queues.pop(name).clear()
             if dropped:
                 self._log.warning(
                     "receiver %s removed: %d notification(s) for it dropped", name, dropped
@@ -259,6 +299,8 @@ class Dispatcher:
 
     def _failed_attempt(self, item: Pending, state: RetryCallState) -> None:
         delivery = state.outcome.result() if state.outcome is not None else None
+        error = delivery.error if isinstance(delivery, Delivery) and delivery.error else "?"
+        self._queues[item.receiver].failed(item, error)
         self._log.warning(
             "%s to %s not acknowledged (attempt %d): %s; next attempt in %.1f s",
             describe(item.message),

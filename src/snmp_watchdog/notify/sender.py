@@ -196,7 +196,9 @@ class Sender:
         *,
         started: float,
         clock: Callable[[], float] = time.monotonic,
+        count_boot: bool = True,
     ) -> None:
+        self._count_boot = count_boot  # False: a one-off command beside the daemon
         self._settings = settings
         self._receivers = {r.name: r for r in receivers}
         self._started = started
@@ -223,7 +225,10 @@ class Sender:
             raise RuntimeError("a Sender starts once (pysnmp's engine dies with its loop)")
         state_dir = self._settings.state_dir
         engine_id = identity.load_engine_id(state_dir, self._settings.engine_id)
-        boots = identity.next_boots(state_dir, engine_id)
+        if self._count_boot:
+            boots = identity.next_boots(state_dir, engine_id)
+        else:
+            boots = max(identity.current_boots(state_dir, engine_id), 1)
         # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
         # boots are then set in the engine's own MIB instances, where USM reads them.
         snmp = SnmpEngine()

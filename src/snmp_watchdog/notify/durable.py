@@ -1,0 +1,140 @@
+"""A receiver's queue kept in the state database, so a restart loses nothing.
+
+Every notification, trap or inform, is written to the store's outbox when it
+is submitted (in the caller's transaction, together with the service state
+that produced it) and deleted only once it has left (a trap) or been
+acknowledged or given up (an inform). A crash between the two sends it again
+after the restart: at least once, never lost.
+
+Memory stays bounded however long a receiver is away: the queue holds at most
+``window`` notifications in memory and reads the next ones from the database
+as it goes.
+
+When the database cannot be written (a full disk, a read-only file system),
+the caller hands notifications to ``append_volatile``: they are delivered
+after everything stored, from memory, and are lost only if the process stops
+before they leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from snmp_watchdog.notify.message import Message, decode, encode
+from snmp_watchdog.notify.outbox import Pending
+from snmp_watchdog.store import Store, StoreError
+
+log = logging.getLogger("snmp_watchdog")
+
+
+class StoreQueue:
+    """A ``PendingQueue`` backed by the store's outbox table."""
+
+    def __init__(
+        self,
+        store: Store,
+        receiver: str,
+        *,
+        window: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._receiver = receiver
+        self._window = window
+        self._clock = clock
+        self._wall = wall
+        self._items: collections.deque[Pending] = collections.deque()  # loaded from the store
+        self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
+        self._last_loaded = 0  # highest row id loaded so far
+        self._removed: set[int] = set()  # delivered, but the store could not delete them yet
+        self._added = asyncio.Event()
+
+    def append(self, item: Pending) -> None:
+        """Write ``item`` to the outbox (in the caller's transaction, if any)."""
+        self._store.enqueue(
+            self._receiver,
+            encode(item.message),
+            created=self._wall() - (self._clock() - item.submitted),
+            sequence=item.message.sequence,
+        )
+        self._added.set()
+
+    def append_volatile(self, item: Pending) -> None:
+        self._volatile.append(item)
+        self._added.set()
+
+    async def head(self) -> Pending:
+        while True:
+            if not self._items:
+                self._load()
+            if self._items:
+                return self._items[0]
+            if self._volatile:
+                return self._volatile[0]
+            self._added.clear()
+            await self._added.wait()
+
+    def remove(self, item: Pending) -> None:
+        if item.key == 0:
+            self._volatile.remove(item)
+            return
+        self._items.remove(item)
+        try:
+            self._store.remove(item.key)
+            self._retry_removals()
+        except StoreError:
+            self._removed.add(item.key)  # not sent again by this process
+
+    def failed(self, item: Pending, error: str) -> None:
+        if item.key:
+            with contextlib.suppress(StoreError):  # only a counter for `watchdog status`
+                self._store.mark_attempt(item.key, error)
+
+    def clear(self) -> int:
+        dropped = len(self)
+        self._items.clear()
+        self._volatile.clear()
+        self._store.discard(self._receiver)
+        return dropped
+
+    def __len__(self) -> int:
+        try:
+            stored = self._store.count_pending(self._receiver, after=self._last_loaded)
+        except StoreError:
+            stored = 0
+        return len(self._items) + stored + len(self._volatile)
+
+    def _retry_removals(self) -> None:
+        while self._removed:
+            key = self._removed.pop()
+            self._store.remove(key)
+
+    def _load(self) -> None:
+        try:
+            rows = self._store.pending(self._receiver, self._window, after=self._last_loaded)
+        except StoreError:
+            return
+        mono, wall = self._clock(), self._wall()
+        for row in rows:
+            self._last_loaded = row.id
+            if row.id in self._removed:
+                continue
+            try:
+                message: Message = decode(row.payload)
+            except ValueError as exc:
+                log.error(
+                    "stored notification %d for %s is unreadable and dropped: %s",
+                    row.id,
+                    self._receiver,
+                    exc,
+                )
+                self._store.remove(row.id)
+                continue
+            submitted = mono - max(0.0, wall - row.created)
+            self._items.append(Pending(self._receiver, message, submitted, row.id))

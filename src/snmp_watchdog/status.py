@@ -1,0 +1,149 @@
+"""``watchdog status``: the state of every service, read from the state store.
+
+It opens the database read-only, so it works beside a running daemon. Secrets
+never appear: the ``createUser`` lines a receiver needs name the keys, they do
+not print them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from snmp_watchdog import model
+from snmp_watchdog.notify.engine import format_engine_id, saved_engine_id
+from snmp_watchdog.state import ServiceState
+from snmp_watchdog.store import Store
+
+#: Net-SNMP's names for our protocols (createUser's syntax).
+_NETSNMP_AUTH = {
+    "MD5": "MD5",
+    "SHA": "SHA",
+    "SHA224": "SHA-224",
+    "SHA256": "SHA-256",
+    "SHA384": "SHA-384",
+    "SHA512": "SHA-512",
+}
+_NETSNMP_PRIV = {
+    "DES": "DES",
+    "AES128": "AES",
+    "AES192": "AES-192",
+    "AES256": "AES-256",
+    "AES192C": "AES192C",
+    "AES256C": "AES256C",
+}
+
+
+def create_user_line(receiver: model.Receiver, engine_id: bytes | None) -> str | None:
+    """The snmptrapd.conf line a v3 receiver needs, with key placeholders."""
+    if receiver.version != "3" or receiver.user is None:
+        return None
+    parts = ["createUser"]
+    if receiver.mode == "trap":  # we are authoritative for traps, the receiver for informs
+        parts += ["-e", format_engine_id(engine_id) if engine_id else "ENGINE_ID"]
+    parts.append(receiver.user)
+    if receiver.auth is not None:
+        parts += [_NETSNMP_AUTH.get(receiver.auth.protocol, receiver.auth.protocol), "AUTH_KEY"]
+    if receiver.priv is not None:
+        parts += [_NETSNMP_PRIV.get(receiver.priv.protocol, receiver.priv.protocol), "PRIV_KEY"]
+    return " ".join(parts)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def collect(config: model.Config) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (what ``--json`` prints)."""
+    settings = config.settings
+    engine_id = saved_engine_id(settings.state_dir, settings.engine_id)
+    states: dict[str, ServiceState] = {}
+    pending: dict[str, int] = {}
+    if (settings.state_dir / "state.db").exists():
+        now = time.time()
+        with Store.open(settings.state_dir, readonly=True) as store:
+            states = store.load_states(mono_now=now, wall_now=now)
+            pending = store.pending_counts()
+    services = []
+    for svc in config.services:
+        st = states.get(svc.name, ServiceState())
+        services.append(
+            {
+                "name": svc.name,
+                "host": svc.host,
+                "port": svc.port,
+                "check": svc.check.value,
+                "state": st.state.value,
+                "since": _iso(st.since),
+                "last_check": _iso(st.last_check),
+                "reason": st.last_reason.code if st.last_reason is not None else None,
+                "detail": st.last_detail,
+                "response_ms": round(st.last_elapsed * 1000.0, 1),
+                "checks": st.checks,
+                "failed_checks": st.failed_checks,
+                "consecutive_failures": st.failures,
+                "consecutive_successes": st.successes,
+                "flapping": st.flapping,
+                "notified": st.notified.value,
+            }
+        )
+    receivers = [
+        {
+            "name": r.name,
+            "address": f"{r.host}:{r.port}",
+            "version": r.version,
+            "mode": r.mode,
+            "pending": pending.get(r.name, 0),
+            "create_user": create_user_line(r, engine_id),
+        }
+        for r in config.receivers
+    ]
+    return {
+        "engine_id": format_engine_id(engine_id) if engine_id else None,
+        "services": services,
+        "receivers": receivers,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = []
+    rows = [("SERVICE", "STATE", "SINCE", "LAST CHECK", "REASON", "MS", "CHECKS", "FAILED")]
+    for s in data["services"]:
+        state = s["state"] + (" (flapping)" if s["flapping"] else "")
+        rows.append(
+            (
+                s["name"],
+                state,
+                s["since"] or "-",
+                s["last_check"] or "-",
+                s["reason"] or "-",
+                f"{s['response_ms']:.1f}",
+                str(s["checks"]),
+                str(s["failed_checks"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    down = [s for s in data["services"] if s["state"] == "down" and s["detail"]]
+    for s in down:
+        lines.append(f"{s['name']}: {s['reason']}: {s['detail']}")
+    lines.append("")
+    engine = data["engine_id"] or "not generated yet (the daemon creates it at its first start)"
+    lines.append(f"SNMP engine ID: {engine}")
+    for r in data["receivers"]:
+        lines.append(
+            f"receiver {r['name']} ({r['address']}, v{r['version']} {r['mode']}): "
+            f"{r['pending']} notification(s) not yet delivered"
+        )
+        if r["create_user"]:
+            lines.append(f"  snmptrapd.conf: {r['create_user']}")
+    return "\n".join(lines)
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2)
