@@ -1,0 +1,364 @@
+"""The ``tls`` check against real TLS servers on loopback, and its certificate rules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snmp_watchdog import model
+from snmp_watchdog.checks import run_check, tls
+from snmp_watchdog.checks.tls import Certificate, certificate_verdict
+from snmp_watchdog.reasons import Reason
+from snmp_watchdog.result import CheckResult, Transcript
+from tests.checks.certs import Pki, ServerCert, make_pki
+from tests.helpers import free_tcp_port
+
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def service(port: int, ca_file: Path | None = None, **options: Any) -> model.Service:
+    base = model.Service(
+        name="web-tls",
+        host="127.0.0.1",
+        port=port,
+        check=model.CheckKind.TLS,
+        timeout=2.0,
+        ca_file=ca_file,
+    )
+    return dataclasses.replace(base, **options)
+
+
+async def run(svc: model.Service, transcript: Transcript | None = None) -> CheckResult:
+    """Through the real runner: the registry, one deadline, network errors mapped."""
+    return await run_check(svc, transcript)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()
+
+
+@contextlib.asynccontextmanager
+async def server(
+    context: ssl.SSLContext | None, handler: Handler = _until_eof
+) -> AsyncIterator[int]:
+    """A loopback server (TLS when given a context); yields its port.
+
+    On the way out it stops listening and waits for the handlers, so no
+    connection outlives the test.
+    """
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except OSError:
+            pass  # the client went away: nothing to serve
+        finally:
+            writer.transport.abort()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        await listener.wait_closed()
+        # Every connection ends when the check closes its side.
+        async with asyncio.timeout(2):
+            await asyncio.gather(*tasks)
+
+
+async def probe(cert: ServerCert, svc: Callable[[int], model.Service]) -> CheckResult:
+    async with server(cert.server_context()) as port:
+        return await run(svc(port))
+
+
+def check(cert: ServerCert, svc: Callable[[int], model.Service]) -> CheckResult:
+    return asyncio.run(probe(cert, svc))
+
+
+def days_left(cert: ServerCert) -> int:
+    return (cert.not_after - datetime.now(UTC)).days
+
+
+# --- against servers -------------------------------------------------------
+
+
+def test_valid_certificate_is_ok_with_its_expiry_date(pki: Pki) -> None:
+    result = check(pki.valid, lambda port: service(port, pki.ca_file))
+    assert result.reason is Reason.OK
+    assert result.detail == (
+        f"certificate valid until {pki.valid.not_after:%Y-%m-%d} ({days_left(pki.valid)} days)"
+    )
+    assert 0 < result.elapsed < 2
+
+
+def test_server_name_is_verified_instead_of_host(pki: Pki) -> None:
+    result = check(pki.valid, lambda port: service(port, pki.ca_file, server_name="localhost"))
+    assert result.reason is Reason.OK
+
+
+def test_expired_certificate_fails_verification(pki: Pki) -> None:
+    result = check(pki.expired, lambda port: service(port, pki.ca_file))
+    assert result.reason is Reason.TLS
+    assert result.detail == "certificate verification failed: certificate has expired"
+
+
+def test_expired_certificate_fails_even_without_verification(pki: Pki) -> None:
+    result = check(pki.expired, lambda port: service(port, tls_verify=False))
+    assert result.reason is Reason.TLS
+    assert result.detail == (
+        f"certificate expired {pki.expired.not_after:%Y-%m-%d %H:%M} UTC (1 day ago)"
+    )
+
+
+def test_certificate_expiring_within_the_warning_period(pki: Pki) -> None:
+    result = check(pki.expiring, lambda port: service(port, pki.ca_file))
+    assert result.reason is Reason.CERTIFICATE_EXPIRING
+    assert result.detail == (
+        f"certificate expires {pki.expiring.not_after:%Y-%m-%d %H:%M} UTC (2 days left)"
+    )
+
+
+def test_expiring_certificate_outside_a_shorter_warning_period_is_ok(pki: Pki) -> None:
+    result = check(pki.expiring, lambda port: service(port, pki.ca_file, cert_warning=DAY))
+    assert result.reason is Reason.OK
+    assert result.detail.endswith("(2 days)")
+
+
+def test_expiry_is_judged_without_verification_too(pki: Pki) -> None:
+    result = check(pki.expiring, lambda port: service(port, tls_verify=False))
+    assert result.reason is Reason.CERTIFICATE_EXPIRING
+
+
+def test_wrong_host_name(pki: Pki) -> None:
+    result = check(pki.wrong_host, lambda port: service(port, pki.ca_file, server_name="localhost"))
+    assert result.reason is Reason.TLS
+    assert "Hostname mismatch" in result.detail
+    assert "'localhost'" in result.detail
+
+
+def test_wrong_ip_address(pki: Pki) -> None:
+    result = check(pki.wrong_host, lambda port: service(port, pki.ca_file))
+    assert result.reason is Reason.TLS
+    assert "IP address mismatch" in result.detail
+
+
+def test_self_signed_certificate_fails_verification(pki: Pki) -> None:
+    result = check(pki.self_signed, lambda port: service(port, pki.ca_file))
+    assert result.reason is Reason.TLS
+    assert result.detail == "certificate verification failed: self-signed certificate"
+
+
+def test_unknown_issuer_fails_against_the_system_store(pki: Pki) -> None:
+    result = check(pki.valid, service)
+    assert result.reason is Reason.TLS
+    assert "unable to get local issuer certificate" in result.detail
+
+
+@pytest.mark.parametrize("which", ["self_signed", "wrong_host", "valid"])
+def test_without_verification_chain_and_name_do_not_matter(pki: Pki, which: str) -> None:
+    cert: ServerCert = getattr(pki, which)
+    result = check(cert, lambda port: service(port, tls_verify=False))
+    assert result.reason is Reason.OK
+    assert result.detail.startswith("certificate valid until ")
+
+
+def test_a_server_that_does_not_speak_tls() -> None:
+    async def ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        await reader.read()
+
+    async def main() -> CheckResult:
+        async with server(None, ssh) as port:
+            return await run(service(port, tls_verify=False))
+
+    result = asyncio.run(main())
+    assert result.reason is Reason.TLS
+    assert result.detail.startswith("TLS error: ")
+
+
+def test_a_server_that_never_handshakes_times_out() -> None:
+    async def main() -> CheckResult:
+        async with server(None) as port:
+            return await run(service(port, timeout=0.3))
+
+    result = asyncio.run(main())
+    assert result.reason is Reason.TIMEOUT
+    assert 0.3 <= result.elapsed < 1
+
+
+def test_nothing_listening_is_refused() -> None:
+    result = asyncio.run(run(service(free_tcp_port())))
+    assert result.reason is Reason.REFUSED
+
+
+def test_transcript_tells_connect_protocol_and_certificate(pki: Pki) -> None:
+    transcript = Transcript()
+
+    async def main() -> CheckResult:
+        async with server(pki.valid.server_context()) as port:
+            return await run(service(port, pki.ca_file), transcript)
+
+    assert asyncio.run(main()).ok
+    assert [e.direction for e in transcript.entries] == ["info", "info", "info"]
+    connect, protocol, certificate = (e.data.decode() for e in transcript.entries)
+    assert connect.startswith("connected to 127.0.0.1 port ")
+    assert protocol.startswith("TLS TLSv1.3, cipher TLS_")
+    assert certificate == (
+        "certificate subject CN=valid server, issuer CN=snmp-watchdog test CA, "
+        f"notAfter {pki.valid.not_after:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    times = [e.at for e in transcript.entries]
+    assert times == sorted(times)
+
+
+def test_transcript_tells_a_failed_handshake(pki: Pki) -> None:
+    transcript = Transcript()
+
+    async def main() -> CheckResult:
+        async with server(pki.self_signed.server_context()) as port:
+            return await run(service(port, pki.ca_file), transcript)
+
+    assert asyncio.run(main()).reason is Reason.TLS
+    assert transcript.entries[-1].direction == "info"
+    assert transcript.entries[-1].data == (
+        b"TLS handshake failed: certificate verification failed: self-signed certificate"
+    )
+
+
+def test_the_server_sees_a_clean_close(pki: Pki) -> None:
+    """The check ends with a close_notify, not a bare end of the TCP stream."""
+    context = pki.valid.server_context()
+    seen: list[bytes | str] = []
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as stream:
+            stream.settimeout(2)
+            try:
+                seen.append(stream.recv(100))
+            except ssl.SSLEOFError:
+                seen.append("EOF without close_notify")
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,))
+        thread.start()
+        result = asyncio.run(run(service(listener.getsockname()[1], pki.ca_file)))
+        thread.join(3)
+    assert result.ok
+    assert seen == [b""]
+
+
+def test_a_server_that_ignores_close_notify_does_not_hold_the_verdict(pki: Pki) -> None:
+    """The check waits at most CLOSE_GRACE for the peer's side of the close."""
+    context = pki.valid.server_context()
+    release = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True):
+            release.wait(3)  # neither reads nor closes
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,))
+        thread.start()
+        began = time.monotonic()
+        try:
+            result = asyncio.run(run(service(listener.getsockname()[1], pki.ca_file)))
+        finally:
+            release.set()
+            thread.join(3)
+    assert result.ok
+    assert result.elapsed < 0.2
+    assert time.monotonic() - began < tls.CLOSE_GRACE + 0.3
+
+
+# --- contexts ---------------------------------------------------------------
+
+
+def test_contexts_are_built_once_per_ca_file_and_verify_setting(pki: Pki) -> None:
+    one = service(1, pki.ca_file)
+    assert tls.client_context(one) is tls.client_context(dataclasses.replace(one, port=2))
+    unverified = tls.client_context(dataclasses.replace(one, tls_verify=False))
+    assert unverified is not tls.client_context(one)
+    assert unverified.verify_mode is ssl.CERT_NONE
+    assert not unverified.check_hostname
+    assert tls.client_context(one).verify_mode is ssl.CERT_REQUIRED
+    assert tls.client_context(one).minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+def test_clearing_contexts_reads_ca_files_again(pki: Pki) -> None:
+    one = service(1, pki.ca_file)
+    before = tls.client_context(one)
+    tls.clear_contexts()
+    assert tls.client_context(one) is not before
+
+
+# --- the verdict on dates (pure) ----------------------------------------------
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def _cert(not_before: timedelta, not_after: timedelta) -> Certificate:
+    return Certificate("CN=x", "CN=ca", NOW + not_before, NOW + not_after)
+
+
+@pytest.mark.parametrize(
+    ("not_before", "not_after", "warning", "reason", "detail"),
+    [
+        (-1, 96.4, 14, Reason.OK, "certificate valid until 2027-03-01 (96 days)"),
+        (
+            -1,
+            1.5,
+            14,
+            Reason.CERTIFICATE_EXPIRING,
+            "certificate expires 2026-11-27 00:00 UTC (1 day left)",
+        ),
+        (
+            -1,
+            0.25,
+            14,
+            Reason.CERTIFICATE_EXPIRING,
+            "certificate expires 2026-11-25 18:00 UTC (0 days left)",
+        ),
+        (-1, 14, 14, Reason.OK, "certificate valid until 2026-12-09 (14 days)"),
+        (
+            -1,
+            13.9,
+            14,
+            Reason.CERTIFICATE_EXPIRING,
+            "certificate expires 2026-12-09 09:36 UTC (13 days left)",
+        ),
+        (-1, 0.5, 0, Reason.OK, "certificate valid until 2026-11-26 (0 days)"),
+        (-9, 0, 14, Reason.TLS, "certificate expired 2026-11-25 12:00 UTC (0 days ago)"),
+        (-9, -3, 14, Reason.TLS, "certificate expired 2026-11-22 12:00 UTC (3 days ago)"),
+        (1, 30, 14, Reason.TLS, "certificate not valid before 2026-11-26 12:00 UTC"),
+    ],
+)
+def test_certificate_verdict(
+    not_before: float, not_after: float, warning: float, reason: Reason, detail: str
+) -> None:
+    cert = _cert(timedelta(days=not_before), timedelta(days=not_after))
+    assert certificate_verdict(cert, NOW, warning * DAY) == (reason, detail)
