@@ -65,7 +65,7 @@ class SmtpLike(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.buf = b""
-        transport.write(b"220 bench.example ESMTP\r\n")
+        self.t.write(b"220 bench.example ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
