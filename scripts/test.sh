@@ -14,8 +14,8 @@ ensure_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"
 
-step "ruff check" .venv/bin/ruff check --quiet src tests bench
-step "ruff format" .venv/bin/ruff format --check --quiet src tests bench
+step "ruff check" .venv/bin/ruff check --quiet src tests bench contrib
+step "ruff format" .venv/bin/ruff format --check --quiet src tests bench contrib
 step "mypy --strict" .venv/bin/mypy --no-error-summary
 
 rc=0
