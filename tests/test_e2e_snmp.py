@@ -214,3 +214,27 @@ def test_test_trap_for_a_service_sends_down_then_up_marked_as_test(
     for n in (down, up):
         assert value(n, OIDS.service_name) == "mail"
         assert int(value(n, OIDS.notification_flags, None)) == FLAG_VALUES["test"]
+
+
+def test_heartbeat_carries_the_counts_and_continues_the_sequence(
+    tmp_path: Path, trapd: Snmptrapd, smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    smtp.start()
+    cfg = tmp_path / "w.yaml"
+    text = config_text(tmp_path, smtp.port, receivers_yaml(trapd))
+    text = text.replace("watchdog:\n", "watchdog:\n  heartbeat: 1s\n", 1)
+    cfg.write_text(text)
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for(r"heartbeat #1\b", timeout=10)
+    d.wait_for(r"heartbeat #2\b", timeout=10)
+    assert d.stop() == 0
+    beats = [n for n in trapd.wait_for(4) if n.trap_oid == dotted(OIDS.heartbeat)]
+    assert len(beats) >= 4  # two heartbeats, each to both receivers
+    last = beats[-1]
+    # By the second heartbeat the service was confirmed up (rise 2 at 0.1 s).
+    assert int(value(last, OIDS.services_up, None)) == 1
+    assert int(value(last, OIDS.services_down, None)) == 0
+    assert int(value(last, OIDS.services_unknown, None)) == 0
+    assert sorted({int(value(n, OIDS.notification_sequence, None)) for n in beats}) == [1, 2]
+    assert last.varbinds[dotted((*OIDS.watchdog_uptime, 0))].ticks >= 100  # over a second
