@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -10,8 +11,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Slack allowed past a deadline on a loaded machine.
+SLACK = 0.25
+
+
+def run_bounded(coroutine: Awaitable[T], bound: float = 5.0) -> T:
+    """Run a test's coroutine in a fresh event loop, bounded as a whole."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coroutine, bound)
+
+    return asyncio.run(bounded())
 
 
 def free_tcp_port() -> int:

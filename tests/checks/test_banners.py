@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -14,16 +11,9 @@ from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from tests.checks.certs import make_pki
 from tests.checks.servers import Handler, Rule, Script, hang, serve, service, speak, stream
+from tests.helpers import SLACK, run_bounded
 
-T = TypeVar("T")
-SLACK = 0.25
-
-
-def run(coroutine: Awaitable[T], bound: float = 5.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coroutine, bound)
-
-    return asyncio.run(bounded())
+run = run_bounded
 
 
 async def check_at(kind: str, handler: Handler, **options: object) -> CheckResult:

@@ -6,7 +6,6 @@ import asyncio
 import re
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -27,17 +26,9 @@ from tests.checks.servers import (
     speak,
     stream,
 )
-from tests.helpers import free_tcp_port
+from tests.helpers import SLACK, free_tcp_port, run_bounded
 
-T = TypeVar("T")
-SLACK = 0.25
-
-
-def run(coroutine: Awaitable[T], bound: float = 5.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coroutine, bound)
-
-    return asyncio.run(bounded())
+run = run_bounded
 
 
 async def smtp_at(

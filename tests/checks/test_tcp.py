@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.checks._format import format_conversation
@@ -27,19 +25,9 @@ from tests.checks.servers import (
     speak,
     stream,
 )
-from tests.helpers import free_tcp_port
+from tests.helpers import SLACK, free_tcp_port, run_bounded
 
-T = TypeVar("T")
-
-#: Slack allowed past a deadline on a loaded machine.
-SLACK = 0.25
-
-
-def run(coroutine: Awaitable[T], bound: float = 5.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coroutine, bound)
-
-    return asyncio.run(bounded())
+run = run_bounded
 
 
 def expect(pattern: bytes) -> Step:
