@@ -35,6 +35,10 @@ log = logging.getLogger("snmp_watchdog")
 #: How often states that produced no notification are written to the database.
 FLUSH_EVERY = 1.0
 
+#: The longest pause between two passes of a healthy scheduler with nothing due
+#: (``Scheduler.run`` sleeps at most a second at a time).
+IDLE_PASS = 1.0
+
 
 def describe(svc: Service, note: state.Notification) -> str:
     """The log line of one notification-worthy event."""
@@ -116,7 +120,13 @@ class Daemon:
             sched = self.scheduler
             background.append(
                 asyncio.create_task(
-                    keep_alive(self.systemd, lambda: sched.progress, interval, self.status_line)
+                    keep_alive(
+                        self.systemd,
+                        lambda: sched.progress,
+                        interval,
+                        self.status_line,
+                        stale_after=lambda: self._stale_after(interval),
+                    )
                 )
             )
         log.info("ready")
@@ -127,20 +137,22 @@ class Daemon:
             if runner in done:
                 runner.result()  # the scheduler never ends by itself: surface its bug
         finally:
+            self._stop.set()  # also when the scheduler failed: later signals only log
             self.systemd.stopping()
             self.scheduler.stop()
             stop.cancel()
             for task in (*background, *self._reloads):
                 task.cancel()
             await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
             self._flush()
             pending = self.notifier.dispatcher.pending()
             await self.notifier.close()
             if pending:
                 log.info("%d notification(s) not yet delivered stay queued", pending)
             self.systemd.close()
+            # Only now: a second SIGTERM during the clean-up must not cut it short.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
         log.info("stopped after %d checks", self.scheduler.checks_done)
         return 0
 
@@ -157,13 +169,30 @@ class Daemon:
             log.info("resumed the state of %d service(s) from %s", len(initial), store.path)
         return initial
 
+    def _stale_after(self, interval: float) -> float:
+        """How long without a scheduler pass means stuck (see ``sdnotify``).
+
+        A healthy scheduler passes at least once a second when idle, and when
+        every check slot is taken it waits at most the longest check timeout.
+        Never less than systemd's ``WatchdogSec`` (twice the ping interval).
+        """
+        assert self.config is not None
+        longest = max((svc.timeout for svc in self.config.services), default=0.0)
+        return max(2 * interval, 2 * IDLE_PASS, longest + IDLE_PASS)
+
     def _request_stop(self, name: str) -> None:
+        if self._stop.is_set():
+            log.info("%s received: already stopping", name)
+            return
         log.info("%s received: stopping", name)
         self._stop.set()
 
     # -- reload ------------------------------------------------------------------
 
     def _start_reload(self) -> None:
+        if self._stop.is_set():
+            log.info("SIGHUP received while stopping: not reloading")
+            return
         task = asyncio.create_task(self.reload(), name="reload")
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
@@ -187,20 +216,32 @@ class Daemon:
         if config.settings.state_dir != old.settings.state_dir:
             log.warning("state_dir changes only with a restart; keeping %s", old.settings.state_dir)
         self._flush()
+        try:  # the only step that can fail: before anything changes
+            indexes = self.store.service_indexes(svc.name for svc in config.services)
+        except StoreError as exc:
+            log.error("reload rejected: %s", exc)
+            log.error("reload rejected: keeping the running configuration")
+            self.systemd.ready(self.status_line())
+            return
+        # Receivers first, so that a new service's first notification finds its receiver.
+        if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
+            await self.notifier.reconfigure(config)
+        # From here on nothing awaits: no check result comes in halfway.
         added, changed, removed = self.scheduler.update(config.services)
-        self.indexes = self.store.service_indexes(svc.name for svc in config.services)
+        self.indexes = indexes
+        for name in removed:
+            self._dirty.pop(name, None)
         if removed:
-            self.store.forget(removed)
-            for name in removed:
-                self._dirty.pop(name, None)
+            try:
+                self.store.forget(removed)
+            except StoreError as exc:  # forgotten at the next start instead
+                self._store_failed(exc)
         if self.status_files is not None:
             for name in removed:
                 self.status_files.forget(name)
         sd = config.settings.status_dir
         if sd != (self.status_files.directory if self.status_files else None):
             self.status_files = StatusFiles(sd) if sd is not None else None
-        if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
-            await self.notifier.reconfigure(config)
         self.config = config
         log.info(
             "configuration reloaded: %d services (%d added, %d changed, %d removed)",
@@ -220,6 +261,13 @@ class Daemon:
         result: CheckResult,
         notes: tuple[state.Notification, ...],
     ) -> None:
+        assert self.scheduler is not None
+        slot = self.scheduler.slots.get(svc.name)
+        if slot is None or slot.service is not svc:
+            # A check that was running when a reload removed or redefined its service:
+            # the service is gone, or its new definition decides from its own checks.
+            log.debug("check %s: result of the previous configuration ignored", svc.name)
+            return
         log.debug(
             "check %s: %s %s (%.1f ms)",
             svc.name,
@@ -279,8 +327,9 @@ class Daemon:
     def _store_failed(self, exc: StoreError) -> None:
         if not self._store_failing:
             log.error(
-                "cannot write the state database: %s; checks go on, and states and "
-                "notifications are kept in memory and written when it works again",
+                "cannot write the state database: %s; checks go on, states are kept in "
+                "memory until it can be written again, notifications are delivered from "
+                "memory (lost if the daemon stops before they leave)",
                 exc,
             )
         self._store_failing = True

@@ -6,9 +6,14 @@ that variable every call does nothing, so the daemon runs the same outside
 systemd.
 
 The keep-alive (``WATCHDOG=1``) is not sent by a timer that ticks whatever
-happens: ``KeepAlive`` sends it only when the scheduler's progress mark has
-moved since the previous ping, so a stuck scheduler stops the pings and systemd
-restarts the service.
+happens: ``keep_alive`` sends it every ``interval`` only while the
+scheduler's progress mark (the monotonic time of its last pass or finished
+check) is younger than ``stale_after()``, so a stuck scheduler stops the pings
+and systemd restarts the service. ``stale_after()`` must be longer than the
+longest pause of a healthy scheduler: an idle one passes once a second, a busy
+one whose check slots are all taken waits at most the longest check timeout.
+Comparing each mark with the previous one instead would withhold pings from a
+healthy, idle scheduler whenever the pings come faster than its passes.
 """
 
 from __future__ import annotations
@@ -81,16 +86,27 @@ async def keep_alive(
     progress: Callable[[], float],
     interval: float,
     status: Callable[[], str],
+    *,
+    stale_after: Callable[[], float],
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Send ``WATCHDOG=1`` every ``interval`` while ``progress()`` keeps moving."""
-    last = progress()
+    """Send ``WATCHDOG=1`` every ``interval`` while ``progress()`` is younger than
+    ``stale_after()``.
+
+    ``progress()`` is a time on ``clock``. One warning is logged when the pings
+    stop, one line when they resume.
+    """
+    withheld = False
     while True:
         await asyncio.sleep(interval)
-        mark = progress()
-        if mark != last:
+        age = clock() - progress()
+        if age < stale_after():
+            if withheld:
+                log.info("the scheduler makes progress again: keep-alive resumed")
             notifier.send(WATCHDOG=1, STATUS=status())
-            last = mark
-        else:
+            withheld = False
+        elif not withheld:
             log.warning(
-                "scheduler made no progress for %.1fs: withholding the keep-alive", interval
+                "the scheduler made no progress for %.1f s: withholding the keep-alive", age
             )
+            withheld = True

@@ -430,6 +430,11 @@ class Store:
             (value,) = self._read("SELECT value FROM sequence WHERE id = 1")[0]
         return int(value)
 
+    def last_sequence(self) -> int:
+        """The last notification sequence number handed out (0: none yet); writes nothing."""
+        (value,) = self._read("SELECT value FROM sequence WHERE id = 1")[0]
+        return int(value)
+
     def meta_get(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None

@@ -10,10 +10,24 @@ Memory stays bounded however long a receiver is away: the queue holds at most
 ``window`` notifications in memory and reads the next ones from the database
 as it goes.
 
+Heartbeats are kept in memory only (``append_volatile``); a new one replaces
+an older one still waiting, so a receiver away for days does not pile them up.
+
 When the database cannot be written (a full disk, a read-only file system),
-the caller hands notifications to ``append_volatile``: they are delivered
-after everything stored, from memory, and are lost only if the process stops
-before they leave.
+the caller hands notifications to ``append_volatile``: they are kept in
+memory and lost only if the process stops before they leave. Stored and
+volatile notifications leave in the order of their sequence numbers, which is
+the order they were made in, so a Down kept in memory is not overtaken by the
+Up stored after the database came back.
+
+Ages survive clock steps. The outbox stores when a notification was made as
+wall-clock time (``created``: ``give_up_after`` counts across restarts), but
+within this process the monotonic clock is the truth: a row this queue wrote
+is read back with the wall-minus-monotonic offset it was written with, so a
+step of the wall clock between the two (an NTP correction, an operator's
+``date``) neither ages it (which could make it be given up unsent) nor makes
+it younger. Rows of an earlier process are read with the offset seen when
+this queue was made.
 """
 
 from __future__ import annotations
@@ -30,6 +44,10 @@ from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.store import Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
+
+#: A change of the wall-minus-monotonic offset larger than this is a step of the
+#: wall clock (NTP slewing moves it by far less between two notifications).
+CLOCK_STEP = 1.0
 
 
 class StoreQueue:
@@ -52,20 +70,33 @@ class StoreQueue:
         self._items: collections.deque[Pending] = collections.deque()  # loaded from the store
         self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
         self._last_loaded = 0  # highest row id loaded so far
+        # (first row id, wall - monotonic offset) for the rows from that id on; a new
+        # entry only when the offset moved (the wall clock was stepped).
+        self._frames: list[tuple[int, float]] = [(0, wall() - clock())]
         self._removed: set[int] = set()  # delivered, but the store could not delete them yet
         self._added = asyncio.Event()
 
     def append(self, item: Pending) -> None:
         """Write ``item`` to the outbox (in the caller's transaction, if any)."""
-        self._store.enqueue(
+        offset = self._wall() - self._clock()
+        row = self._store.enqueue(
             self._receiver,
             encode(item.message),
-            created=self._wall() - (self._clock() - item.submitted),
+            created=item.submitted + offset,
             sequence=item.message.sequence,
         )
+        if abs(offset - self._frames[-1][1]) > CLOCK_STEP:
+            self._frames.append((row, offset))
         self._added.set()
 
     def append_volatile(self, item: Pending) -> None:
+        if item.message.kind == "heartbeat":
+            # A heartbeat says how things are now: an older one still waiting behind
+            # a receiver that is away has no value any more (the first one waiting
+            # is left alone: it may be leaving right now). Memory stays bounded.
+            stale = [p for p in list(self._volatile)[1:] if p.message.kind == "heartbeat"]
+            for old in stale:
+                self._volatile.remove(old)
         self._volatile.append(item)
         self._added.set()
 
@@ -73,6 +104,9 @@ class StoreQueue:
         while True:
             if not self._items:
                 self._load()
+            if self._items and self._volatile:
+                stored, volatile = self._items[0], self._volatile[0]
+                return stored if stored.message.sequence < volatile.message.sequence else volatile
             if self._items:
                 return self._items[0]
             if self._volatile:
@@ -120,7 +154,7 @@ class StoreQueue:
             rows = self._store.pending(self._receiver, self._window, after=self._last_loaded)
         except StoreError:
             return
-        mono, wall = self._clock(), self._wall()
+        mono = self._clock()
         for row in rows:
             self._last_loaded = row.id
             if row.id in self._removed:
@@ -136,5 +170,14 @@ class StoreQueue:
                 )
                 self._store.remove(row.id)
                 continue
-            submitted = mono - max(0.0, wall - row.created)
+            submitted = min(row.created - self._offset(row.id), mono)
             self._items.append(Pending(self._receiver, message, submitted, row.id))
+        while len(self._frames) > 1 and self._frames[1][0] <= self._last_loaded + 1:
+            self._frames.pop(0)  # only rows not loaded yet need their frame
+
+    def _offset(self, row: int) -> float:
+        """The wall-minus-monotonic offset row ``row`` was written with (see the module)."""
+        for first, offset in reversed(self._frames):
+            if row >= first:
+                return offset
+        return self._frames[0][1]

@@ -2,8 +2,11 @@
 
 Rules:
 
-* Every notification gets the next number of the watchdog's sequence (kept in
-  the state database), so a receiver can see a gap.
+* Every notification, heartbeats included, gets the next number of the
+  watchdog's sequence (kept in the state database), so a receiver can see a
+  gap. A number handed out while the database could not be written is kept in
+  memory and the stored sequence continues above it; a restart continues
+  after the last stored number, never below it.
 * ``service_event`` and ``heartbeat`` only write to the durable outbox (inside
   the caller's transaction, with the state that produced them) and return;
   the dispatcher's per-receiver workers deliver. Nothing here waits for the
@@ -24,7 +27,7 @@ from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Sender
-from snmp_watchdog.store import Store
+from snmp_watchdog.store import Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -47,7 +50,8 @@ class Notifier:
         self._started = started
         self._builder = MessageBuilder(Oids(config.settings.oid_root))
         self._all = tuple(r.name for r in config.receivers)
-        self.last_sequence = 0  # the last number used, also while the store was failing
+        # The last number used, also while the store was failing.
+        self.last_sequence = store.last_sequence()
         self.sender = Sender(config.settings, config.receivers, started=started)
         self.dispatcher = Dispatcher(
             self.sender,
@@ -108,9 +112,17 @@ class Notifier:
         return message
 
     def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
-        """Queue a heartbeat for every receiver (in memory: a missed one has no value later)."""
+        """Queue a heartbeat for every receiver (in memory: a missed one has no value later).
+
+        Its number is taken from the stored sequence like any other, so that
+        a restart does not hand it out again.
+        """
+        try:
+            sequence = self._sequence(durable=True)
+        except StoreError:
+            sequence = self._sequence(durable=False)
         message = self._builder.heartbeat(
-            sequence=self._sequence(durable=False),
+            sequence=sequence,
             up=up,
             down=down,
             unknown=unknown,

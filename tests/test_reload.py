@@ -1,0 +1,268 @@
+"""Reload on SIGHUP (SPEC section 9), against real servers and a real snmptrapd.
+
+Rules tested: an invalid new file is rejected with a logged error naming the
+file and line, and the old configuration keeps running; services whose
+definition did not change keep their state and counters; changed ones keep
+their state; removed ones are forgotten (database and status file); new ones
+start unknown; a changed receiver takes effect for the informs already
+waiting for it, none lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from snmp_watchdog.notify.mib import Oids
+from snmp_watchdog.state import ServiceState, State
+from snmp_watchdog.store import Store
+from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port, wait_for_file
+from tests.snmptrapd import Received, Snmptrapd
+
+pytestmark = [pytest.mark.slow, pytest.mark.snmp]
+
+OIDS = Oids()
+SEQUENCE = ".".join(map(str, (*OIDS.notification_sequence, 0)))
+NAME = ".".join(map(str, OIDS.service_name))
+KINDS = {
+    ".".join(map(str, OIDS.service_down)): "down",
+    ".".join(map(str, OIDS.service_up)): "up",
+}
+DEFAULTS = """
+defaults:
+  interval: 0.2s
+  retry_interval: 0.1s
+  timeout: 0.5s
+  fall: 2
+  rise: 2
+  jitter: 0
+  flap_changes: 0
+"""
+
+
+def service(name: str, port: int, extra: str = "") -> str:
+    return f"  - {{name: {name}, host: 127.0.0.1, port: {port}, check: smtp{extra}}}\n"
+
+
+def receiver(port: int, mode: str = "trap") -> str:
+    return (
+        f"  - {{name: nms, host: 127.0.0.1, port: {port}, version: 2c, community: public, "
+        f"mode: {mode}, timeout: 0.5s}}\n"
+    )
+
+
+def write(cfg: Path, tmp_path: Path, receivers: str, services: str) -> None:
+    cfg.write_text(
+        f"watchdog:\n  state_dir: {tmp_path}/state\n  status_dir: {tmp_path}/status\n"
+        f"{DEFAULTS}receivers:\n{receivers}services:\n{services}"
+    )
+
+
+def described(received: list[Received]) -> list[tuple[int, str, str]]:
+    """(sequence, kind, service) of each distinct notification, in order of arrival."""
+    seen: dict[int, tuple[int, str, str]] = {}
+    for n in received:
+        seq = int(n.varbinds[SEQUENCE].text)
+        name = next(v.text for k, v in n.varbinds.items() if k.startswith(NAME + "."))
+        seen.setdefault(seq, (seq, KINDS[n.trap_oid], name))
+    return list(seen.values())
+
+
+def stored(state_dir: Path) -> dict[str, ServiceState]:
+    if not (state_dir / "state.db").exists():
+        return {}
+    now = time.time()
+    with Store.open(state_dir, readonly=True) as store:
+        return store.load_states(mono_now=now, wall_now=now)
+
+
+def wait_stored(
+    state_dir: Path, test: Callable[[dict[str, ServiceState]], bool], timeout: float = 5.0
+) -> dict[str, ServiceState]:
+    deadline = time.monotonic() + timeout
+    while not test(states := stored(state_dir)):
+        assert time.monotonic() < deadline, states
+        time.sleep(0.05)
+    return states
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_tcp_port())
+    yield server
+    server.stop()
+
+
+def test_reload_keeps_unchanged_services_forgets_removed_ones_and_starts_new_ones_unknown(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    closed = free_tcp_port()
+    cfg = tmp_path / "watchdog.yaml"
+    state_dir, status_dir = tmp_path / "state", tmp_path / "status"
+    write(
+        cfg,
+        tmp_path,
+        receiver(trapd.port),
+        service("keep", smtp.port) + service("change", smtp.port) + service("gone", smtp.port),
+    )
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    before = wait_stored(
+        state_dir,
+        lambda s: (
+            len(s) == 3 and all(st.state is State.UP for st in s.values()) and s["keep"].checks >= 8
+        ),
+    )
+    wait_for_file(status_dir / "gone", "0\n")
+
+    write(
+        cfg,
+        tmp_path,
+        receiver(trapd.port),
+        service("keep", smtp.port)
+        + service("change", smtp.port, ", interval: 0.3s")
+        + service("new", closed),
+    )
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded: 3 services \(1 added, 1 changed, 1 removed\)", start=mark)
+    assert not (status_dir / "gone").exists()
+    d.wait_for(r"new \(.*\) is DOWN \(was unknown\) after 2 checks: refused", start=mark)
+
+    time.sleep(1.2)  # one flush of the counters
+    after = wait_stored(state_dir, lambda s: "new" in s)
+    assert "gone" not in after
+    for name in ("keep", "change"):
+        assert after[name].state is State.UP
+        assert after[name].since == pytest.approx(before[name].since, abs=0.01)
+        assert after[name].checks > before[name].checks
+    # A counter started again would be at about 6 by now (1.2 s of 0.2 s checks).
+    assert after["keep"].checks >= before["keep"].checks + 3
+    assert after["new"].state is State.DOWN
+    assert after["new"].checks == after["new"].failed_checks >= 2
+
+    d.wait_for(r"down #1 \(new\) sent to nms")
+    assert d.stop() == 0
+    time.sleep(0.2)
+    assert described(trapd.notifications) == [(1, "down", "new")]
+
+
+def test_an_invalid_file_is_rejected_and_the_old_configuration_keeps_running(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    first = d.wait_for(r"check mail: ok")
+    d.wait_for(r"check mail: ok", start=first + 1)
+
+    good = cfg.read_text()
+    cfg.write_text(good.replace("check: smtp}", "check: smtp, colour: blue}"))
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    rejected = d.wait_for(r"reload rejected: keeping the running configuration", start=mark)
+    problems = [ln for ln in d.lines[mark:rejected] if "reload rejected: " in ln]
+    assert problems, d.lines[mark:]
+    assert all(" ERROR " in ln for ln in [*problems, d.lines[rejected]])
+    assert any(f"{cfg}:" in ln and "colour" in ln for ln in problems), problems
+    assert not any("configuration reloaded" in ln for ln in d.lines[mark:])
+
+    # Still checking, still notifying, under the old configuration.
+    d.wait_for(r"check mail: ok", start=rejected)
+    smtp.stop()
+    d.wait_for(r"mail .* is DOWN \(was up\) after 2 checks: refused", start=rejected)
+    d.wait_for(r"down #1 \(mail\) sent to nms")
+
+    # Once the file is fixed, the next SIGHUP takes it.
+    cfg.write_text(good)
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded: 1 services \(0 added, 0 changed, 0 removed\)", start=mark)
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+    assert described(trapd.wait_for(1)) == [(1, "down", "mail")]
+
+
+def test_a_changed_receiver_takes_effect_for_the_informs_already_waiting(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], daemons: list[Daemon]
+) -> None:
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    nowhere = free_udp_port()
+    cfg = tmp_path / "watchdog.yaml"
+    closed = service("a", free_tcp_port()) + service("b", free_tcp_port())
+    write(cfg, tmp_path, receiver(nowhere, "inform"), closed)
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for(r"down #\d \(\w\) to nms not acknowledged \(attempt 1\)")
+    d.wait_for(r"b \(.*\) is DOWN \(was unknown\)")
+    with Store.open(tmp_path / "state", readonly=True) as store:
+        assert store.pending_counts() == {"nms": 2}
+
+    write(cfg, tmp_path, receiver(trapd.port, "inform"), closed)
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded: 2 services \(0 added, 0 changed, 0 removed\)", start=mark)
+    d.wait_for(r"down #1 \(\w\) to nms acknowledged", start=mark, timeout=8)
+    d.wait_for(r"down #2 \(\w\) to nms acknowledged", start=mark, timeout=8)
+    assert d.stop() == 0
+    got = described(trapd.notifications)
+    assert [(seq, kind) for seq, kind, _ in got] == [(1, "down"), (2, "down")]
+    assert sorted(name for _, _, name in got) == ["a", "b"]
+    with Store.open(tmp_path / "state", readonly=True) as store:
+        assert store.pending_counts() == {}
+
+
+def test_a_check_in_flight_when_its_service_is_removed_does_not_bring_it_back(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """Its late result must not write the forgotten state or status file again."""
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    with socket.socket() as silent:  # accepts, never greets: each check takes its timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        slow = service("slow", silent.getsockname()[1], ", timeout: 1s, fall: 1")
+        cfg = tmp_path / "watchdog.yaml"
+        state_dir, status_dir = tmp_path / "state", tmp_path / "status"
+        write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port) + slow)
+        d = Daemon(cfg, "--log-level", "debug")
+        daemons.append(d)
+        d.wait_for(r"slow \(.*\) is DOWN \(was unknown\) after 1 check: timeout")
+        wait_for_file(status_dir / "slow", "2\n")  # Reason.TIMEOUT
+        time.sleep(0.4)  # the next check of slow has started and waits for its greeting
+
+        write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port))
+        mark = len(d.lines)
+        d.signal(signal.SIGHUP)
+        d.wait_for(
+            r"configuration reloaded: 1 services \(0 added, 0 changed, 1 removed\)", start=mark
+        )
+        d.wait_for(r"check slow: result of the previous configuration ignored", start=mark)
+        time.sleep(1.2)  # a flush of the states
+        assert sorted(os.listdir(status_dir)) == ["mail"]
+        assert set(stored(state_dir)) == {"mail"}
+        assert d.stop() == 0
+    assert described(trapd.wait_for(1)) == [(1, "down", "slow")]
