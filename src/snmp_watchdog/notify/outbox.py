@@ -254,6 +254,10 @@ class Dispatcher:
                 await self._trap(receiver, item)
             queue.remove(item)
             self._progress.set()
+            # A trap send and the queue's bookkeeping never suspend: without this,
+            # a burst of traps would hold the event loop (and every check) until
+            # the whole burst had left.
+            await asyncio.sleep(0)
 
     async def _trap(self, receiver: model.Receiver, item: Pending) -> None:
         delivery = await self._sender.send(receiver, item.message)
