@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snmp_watchdog import __version__, state
@@ -31,6 +33,9 @@ from snmp_watchdog.statusfiles import StatusFiles
 from snmp_watchdog.store import Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
+
+#: Threads resolving host names at once (see ``run``).
+RESOLVER_THREADS = 32
 
 #: How often states that produced no notification are written to the database.
 FLUSH_EVERY = 1.0
@@ -369,9 +374,21 @@ class Daemon:
 
 
 def run(config_path: Path) -> int:
-    """Run the daemon until SIGTERM/SIGINT. Uses uvloop when it is installed."""
+    """Run the daemon until SIGTERM/SIGINT. Uses uvloop when it is installed.
+
+    Host names are resolved in threads (getaddrinfo blocks). Both loops default
+    to a handful of them, so a few names whose DNS server hangs would make
+    every other name-based check queue past its deadline: give them more.
+    """
+    os.environ.setdefault("UV_THREADPOOL_SIZE", str(RESOLVER_THREADS))  # uvloop's (libuv's)
     try:
         import uvloop  # noqa: PLC0415 (optional speed-up)
     except ImportError:
-        return asyncio.run(Daemon(config_path).run())
-    return uvloop.run(Daemon(config_path).run())
+        return asyncio.run(_with_resolvers(Daemon(config_path)))
+    return uvloop.run(_with_resolvers(Daemon(config_path)))
+
+
+async def _with_resolvers(daemon: Daemon) -> int:
+    executor = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
+    asyncio.get_running_loop().set_default_executor(executor)  # asyncio's own loop
+    return await daemon.run()
