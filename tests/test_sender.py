@@ -610,6 +610,71 @@ def test_two_receivers_on_one_port_get_one_copy_each_under_their_own_credentials
         ]
 
 
+def test_a_trap_and_an_inform_receiver_with_one_community_on_one_port(
+    tmp_path: Path, snmptrapd: Trapd
+) -> None:
+    """The inform's response matches its own request although both share the community."""
+    trapd = snmptrapd()
+    trap = v2c(trapd, "trap")
+    inform = v2c(trapd, "inform", mode="inform")
+
+    async def scenario() -> tuple[Delivery, Delivery]:
+        sender = await started(tmp_path, [trap, inform])
+        try:
+            sent = await sender.send(trap, message(1, "trap"))
+            await trapd.wait_for_async(1)
+            acknowledged = await sender.send(inform, message(2, "inform"))
+            await asyncio.sleep(0.2)  # anything extra would have arrived by now
+            return sent, acknowledged
+        finally:
+            await sender.close()
+
+    sent, acknowledged = run(scenario())
+    assert sent == Delivery("trap", True, False, None, None)
+    assert acknowledged.error is None
+    assert acknowledged.acknowledged
+    received = trapd.notifications
+    assert [(r.version, r.pdu, r.security_name) for r in received] == [
+        ("2c", "TRAP2", "public"),
+        ("2c", "INFORM", "public"),
+    ]
+    check_payload(received[0], "trap", 1)
+    check_payload(received[1], "inform", 2)
+
+
+def test_a_shared_community_outlives_a_removed_receiver_and_follows_a_changed_one(
+    tmp_path: Path, snmptrapd: Trapd
+) -> None:
+    trapd = snmptrapd(communities=["public", "other"])
+    trap = v2c(trapd, "trap")
+    inform = v2c(trapd, "inform", mode="inform")
+    changed = dataclasses.replace(inform, community=model.Secret("other"))
+
+    async def scenario() -> list[Delivery]:
+        sender = await started(tmp_path, [trap, inform])
+        try:
+            await sender.reconfigure([inform])  # the community entry stays for "inform"
+            first = await sender.send(inform, message(1))
+            await sender.reconfigure([changed, trap])
+            second = await sender.send(changed, message(2))
+            third = await sender.send(trap, message(3))
+            await trapd.wait_for_async(3)
+            await asyncio.sleep(0.2)  # anything extra would have arrived by now
+            return [first, second, third]
+        finally:
+            await sender.close()
+
+    first, second, third = run(scenario())
+    assert first.acknowledged
+    assert second.acknowledged
+    assert third.ok
+    assert [(r.pdu, r.security_name) for r in trapd.notifications] == [
+        ("INFORM", "public"),
+        ("INFORM", "other"),
+        ("TRAP2", "public"),
+    ]
+
+
 # -- engine ID and boots -------------------------------------------------------------
 
 

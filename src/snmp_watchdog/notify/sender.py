@@ -5,13 +5,20 @@ This is the only module that drives pysnmp. Rules:
 * One ``SnmpEngine`` for the life of the sender, created in ``start()`` inside
   the running event loop and closed by ``close()``; a sender starts once.
 * Every receiver gets its own rows in the engine's tables, named ``wd<n>``
-  with ``n`` never reused: a target address, target parameters, and for
-  SNMPv1/v2c a community entry whose security name is that same ``wd<n>``.
-  A notification is sent to exactly one target, as a PDU built here, so it
+  with ``n`` never reused: a target address and target parameters. A
+  notification is sent to exactly one target, as a PDU built here, so it
   leaves once, under that receiver's credentials only, even when several
   receivers share one host and port (pysnmp's high-level ``send_notification``
   keys its targets by address and would send it under every credential used
   for that address).
+* SNMPv1/v2c: there is one community entry per distinct community string,
+  shared by every receiver that uses that community, its security name being
+  its own ``wd<n>``; it is removed with the last receiver that uses it. pysnmp
+  maps the community of an inform's response back to a security name by
+  taking the first matching community entry, and drops the response unless
+  that name is the request's: with one entry per receiver, an inform receiver
+  sharing a community and an address with another receiver never saw its
+  responses matched.
 * The PDU always starts with ``sysUpTime.0``: the daemon's real uptime
   (``time.monotonic() - started``) in TimeTicks, modulo 2**32, and
   ``snmpTrapOID.0``. SNMPv1 receivers get the RFC 3584 conversion done by
@@ -46,6 +53,12 @@ This is the only module that drives pysnmp. Rules:
 * The engine ID and ``snmpEngineBoots`` come from ``notify.engine`` (kept in
   ``state_dir``); pysnmp's own persistence under ``$TMPDIR/__pysnmp`` is not
   used.
+* ``snmpEngineTime`` is the number of whole seconds since the engine started,
+  on the monotonic clock (RFC 3414 section 2.2.1). pysnmp computes it from
+  ``time.time()``: a wall clock stepped back by more than 150 s would make
+  receivers drop our SNMPv3 traps as outside the time window until the clock
+  caught up. The engine's own ``snmpEngineTime`` instance is replaced; the
+  ``time`` module is left alone.
 """
 
 from __future__ import annotations
@@ -113,6 +126,8 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 #: The unspecified IPv4 address: bind to every interface (an ephemeral client port), and
 #: SNMPv1's "agent address unknown".
 ANY_IPV4 = "0.0.0.0"  # noqa: S104
+#: The largest ``snmpEngineTime`` (RFC 3414 section 2.2.1).
+MAX_ENGINE_TIME = 2147483647
 #: Longest wait for a receiver's host name to resolve.
 RESOLVE_TIMEOUT = 10.0
 _CLOSED = "sender closed"
@@ -158,11 +173,12 @@ class _Credentials:
 @dataclass(slots=True)
 class _Target:
     receiver: model.Receiver
-    name: str  # wd<n>: target address, target parameters and community rows
+    name: str  # wd<n>: target address and target parameters
     domain: tuple[int, ...]
     address: tuple[str, int]
     agent_address: str  # SNMPv1 agent-addr
     credentials: _Credentials | None  # SNMPv3 only
+    community: str | None  # SNMPv1/v2c only: the community string (a key of ``_communities``)
     peer_engine: bytes | None = None  # the receiver's engine ID, once discovered (informs)
     transport: _UdpMixin | None = None
 
@@ -184,6 +200,21 @@ class _Udp(_UdpMixin, udp.UdpAsyncioTransport):  # type: ignore[misc]
 
 class _Udp6(_UdpMixin, udp6.Udp6AsyncioTransport):  # type: ignore[misc]
     pass
+
+
+class _EngineTime(rfc1902.Integer32):  # type: ignore[misc]
+    """``snmpEngineTime`` whose value is the monotonic clock when the engine started.
+
+    pysnmp's USM reads the current engine time as ``syntax.clone()`` with no
+    argument; this answers the seconds since then (at most 2**31 - 1) as a
+    plain Integer32.
+    """
+
+    def clone(self, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return rfc1902.Integer32.clone(self, *args, **kwargs)
+        elapsed = max(int(time.monotonic()) - int(self), 0)
+        return rfc1902.Integer32(min(elapsed, MAX_ENGINE_TIME))
 
 
 class Sender:
@@ -213,6 +244,7 @@ class Sender:
         self._broken: dict[str, str] = {}  # receiver name -> why it is not configured
         self._domains: dict[tuple[int, str | None], tuple[tuple[int, ...], _UdpMixin]] = {}
         self._usm: dict[tuple[bytes, str], _Credentials] = {}  # installed USM rows
+        self._communities: dict[str, str] = {}  # community -> its entry's name and security name
         self._master_keys: dict[tuple[Any, ...], bytes] = {}
         self._pending: set[asyncio.Future[tuple[Any, Any]]] = set()
         self._configuring = asyncio.Lock()
@@ -239,6 +271,8 @@ class Sender:
         engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
         snmp.snmpEngineID = engine_id_mib.syntax
         boots_mib.syntax = boots_mib.syntax.clone(boots)
+        (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+        time_mib.syntax = _EngineTime(int(time.monotonic()))
         (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
         discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
         self._engine, self._engine_id, self._boots = snmp, engine_id, boots
@@ -458,15 +492,19 @@ class Sender:
             self._broken[receiver.name] = f"cannot send from {receiver.source}: {_strerror(exc)}"
             return
         name = f"wd{next(self._numbers)}"
-        credentials = None
+        credentials = community = None
         if receiver.version == "3":
             credentials = self._credentials(receiver)
             config.add_target_parameters(self._engine, name, credentials.user, credentials.level, 3)
         else:
             assert receiver.community is not None
-            config.add_v1_system(self._engine, name, receiver.community.reveal(), securityName=name)
+            community = receiver.community.reveal()
             config.add_target_parameters(
-                self._engine, name, name, "noAuthNoPriv", 0 if receiver.version == "1" else 1
+                self._engine,
+                name,
+                self._community_entry(community),
+                "noAuthNoPriv",
+                0 if receiver.version == "1" else 1,
             )
         # pysnmp's own timeout only cleans up after ours (``_request``) has expired.
         config.add_target_address(
@@ -475,15 +513,31 @@ class Sender:
         )  # fmt: skip
         agent = _agent_address(family, ip, receiver.port, receiver.source)
         self._targets[receiver.name] = _Target(
-            receiver, name, domain, (ip, receiver.port), agent, credentials, transport=transport
+            receiver,
+            name,
+            domain,
+            (ip, receiver.port),
+            agent,
+            credentials,
+            community,
+            transport=transport,
         )
+
+    def _community_entry(self, community: str) -> str:
+        """The security name of the community entry for ``community``, added if missing."""
+        if community not in self._communities:
+            entry = f"wd{next(self._numbers)}"
+            config.add_v1_system(self._engine, entry, community, securityName=entry)
+            self._communities[community] = entry
+        return self._communities[community]
 
     def _unconfigure(self, receiver_name: str) -> None:
         target = self._targets.pop(receiver_name)
         config.delete_target_address(self._engine, target.name)
         config.delete_target_parameters(self._engine, target.name)
-        if target.credentials is None:
-            config.delete_v1_system(self._engine, target.name)
+        if target.community is not None:
+            if all(t.community != target.community for t in self._targets.values()):
+                config.delete_v1_system(self._engine, self._communities.pop(target.community))
             return
         if any(t.credentials == target.credentials for t in self._targets.values()):
             return
