@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import Daemon, SmtpServer, free_tcp_port
 from tests.snmptrapd import Snmptrapd
 
 
@@ -31,3 +32,20 @@ def snmptrapd(tmp_path: Path) -> Iterator[Callable[..., Snmptrapd]]:
     yield make
     for receiver in made:
         receiver.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts (``daemons.append(Daemon(...))``), killed at its end."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server on a free loopback port, not started yet."""
+    server = SmtpServer(free_tcp_port())
+    yield server
+    server.stop()

@@ -145,3 +145,19 @@ def wait_for_file(path: Path, content: str, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{path} holds {seen!r}, not {content!r}")
+
+
+def pending_rows(state_dir: Path) -> dict[str, int]:
+    """Notifications waiting in a state directory's outbox, per receiver."""
+    from snmp_watchdog.store import Store  # noqa: PLC0415
+
+    with Store.open(state_dir, readonly=True) as store:
+        return store.pending_counts()
+
+
+def wait_pending(state_dir: Path, expected: dict[str, int], timeout: float = 2.0) -> None:
+    """Wait for the outbox to hold ``expected`` (a row goes just after its log line)."""
+    deadline = time.monotonic() + timeout
+    while (rows := pending_rows(state_dir)) != expected:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.02)

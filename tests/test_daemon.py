@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,6 @@ def smtp_port() -> int:
 
 def start_smtp(port: int) -> SmtpServer:
     return SmtpServer(port).start()
-
-
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def write_config(tmp_path: Path, port: int, **extra: str) -> Path:
@@ -62,12 +53,12 @@ services:
 
 
 def test_down_and_up_are_logged_once_each_with_the_checks_they_took(
-    tmp_path: Path, smtp_port: int, daemon_factory: list[Daemon]
+    tmp_path: Path, smtp_port: int, daemons: list[Daemon]
 ) -> None:
     server = start_smtp(smtp_port)
     cfg = write_config(tmp_path, smtp_port)
     d = Daemon(cfg, "--log-level", "debug")
-    daemon_factory.append(d)
+    daemons.append(d)
     try:
         d.wait_for(r"starting: 1 services")
         # First confirmation: rise=2 good checks, no notification for up from unknown.
@@ -96,18 +87,16 @@ def test_down_and_up_are_logged_once_each_with_the_checks_they_took(
 
 
 def test_a_service_down_at_start_is_news(
-    tmp_path: Path, smtp_port: int, daemon_factory: list[Daemon]
+    tmp_path: Path, smtp_port: int, daemons: list[Daemon]
 ) -> None:
     cfg = write_config(tmp_path, smtp_port)
     d = Daemon(cfg)
-    daemon_factory.append(d)
+    daemons.append(d)
     d.wait_for(r"mail \(.*\) is DOWN \(was unknown\) after 3 checks: refused")
     assert d.stop() == 0
 
 
-def test_sigterm_stops_quickly_while_checks_hang(
-    tmp_path: Path, daemon_factory: list[Daemon]
-) -> None:
+def test_sigterm_stops_quickly_while_checks_hang(tmp_path: Path, daemons: list[Daemon]) -> None:
     """Checks in flight against a server that never answers are cancelled at once."""
     import socket  # noqa: PLC0415
 
@@ -123,7 +112,7 @@ def test_sigterm_stops_quickly_while_checks_hang(
         )
         cfg.write_text(f"watchdog: {{state_dir: {tmp_path}/state}}\nservices:\n{services}\n")
         d = Daemon(cfg)
-        daemon_factory.append(d)
+        daemons.append(d)
         d.wait_for("ready")
         time.sleep(0.5)  # the checks are now waiting for a greeting that never comes
         t0 = time.monotonic()

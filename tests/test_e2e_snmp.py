@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +80,6 @@ def receivers_yaml(trapd: Snmptrapd) -> str:
 def trapd(snmptrapd: Callable[..., Snmptrapd]) -> Snmptrapd:
     user = User("informer", "SHA-256", AUTH_KEY, "AES", PRIV_KEY)
     return snmptrapd(communities=["public"], users=[user])
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def value(n: Received, oid: tuple[int, ...], index: int | None = 1) -> str:

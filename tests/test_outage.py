@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,14 @@ from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.store import Store
-from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port
+from tests.helpers import (
+    Daemon,
+    SmtpServer,
+    free_tcp_port,
+    free_udp_port,
+    pending_rows,
+    wait_pending,
+)
 from tests.snmptrapd import Received, Snmptrapd
 
 OIDS = Oids()
@@ -76,39 +83,11 @@ def numbered(received: list[Received]) -> list[tuple[int, str]]:
     return list(seen.items())
 
 
-def pending_rows(state_dir: Path) -> dict[str, int]:
-    with Store.open(state_dir, readonly=True) as store:
-        return store.pending_counts()
-
-
-def wait_pending(state_dir: Path, expected: dict[str, int], timeout: float = 2.0) -> None:
-    """Wait for the outbox to hold ``expected`` (a row goes just after its log line)."""
-    deadline = time.monotonic() + timeout
-    while (rows := pending_rows(state_dir)) != expected:
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.02)
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_tcp_port())
-    yield server
-    server.stop()
 
 
 @pytest.mark.slow

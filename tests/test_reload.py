@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,21 +90,6 @@ def wait_stored(
         assert time.monotonic() < deadline, states
         time.sleep(0.05)
     return states
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_tcp_port())
-    yield server
-    server.stop()
 
 
 def test_reload_keeps_unchanged_services_forgets_removed_ones_and_starts_new_ones_unknown(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,14 @@ import pytest
 from snmp_watchdog.notify.mib import STATE_VALUES, Oids
 from snmp_watchdog.state import ServiceState, State
 from snmp_watchdog.store import Store
-from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port
+from tests.helpers import (
+    Daemon,
+    SmtpServer,
+    free_tcp_port,
+    free_udp_port,
+    pending_rows,
+    wait_pending,
+)
 from tests.snmptrapd import Received, Snmptrapd
 
 pytestmark = [pytest.mark.slow, pytest.mark.snmp]
@@ -135,33 +142,6 @@ def wait_stored(state_dir: Path, name: str, state: State, timeout: float = 5.0) 
     while stored_state(state_dir, name) is not state:
         assert time.monotonic() < deadline, f"{name} not stored as {state}"
         time.sleep(0.05)
-
-
-def pending_rows(state_dir: Path) -> dict[str, int]:
-    with Store.open(state_dir, readonly=True) as store:
-        return store.pending_counts()
-
-
-def wait_pending(state_dir: Path, expected: dict[str, int], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (rows := pending_rows(state_dir)) != expected:
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(free_tcp_port())
-    yield server
-    server.stop()
 
 
 def start(daemons: list[Daemon], cfg: Path) -> Daemon:
