@@ -223,3 +223,65 @@ def test_heartbeat_carries_the_counts_and_continues_the_sequence(
     assert int(value(last, OIDS.services_unknown, None)) == 0
     assert sorted({int(value(n, OIDS.notification_sequence, None)) for n in beats}) == [1, 2]
     assert last.varbinds[dotted((*OIDS.watchdog_uptime, 0))].ticks >= 100  # over a second
+
+
+def test_snmptrapd_with_the_bundled_mib_prints_notification_and_varbind_names(
+    tmp_path: Path,
+) -> None:
+    """What an operator sees at a Net-SNMP receiver that loads mibs/."""
+    import os  # noqa: PLC0415
+
+    from tests.helpers import free_udp_port  # noqa: PLC0415
+
+    ietf = Path(
+        os.environ.get("WATCHDOG_IETF_MIBS", Path(__file__).parent.parent / ".cache/ietf-mibs")
+    )
+    assert (ietf / "SNMPv2-SMI.mib").exists(), f"run scripts/ietf-mibs.sh {ietf} first"
+    mibs = Path(__file__).parent.parent / "mibs"
+    port = free_udp_port()
+    conf = tmp_path / "snmptrapd.conf"
+    conf.write_text("authCommunity log public\n")
+    (tmp_path / "persist").mkdir()
+    (tmp_path / "persist" / "cert_indexes").mkdir()
+    out = tmp_path / "trapd.out"
+    with out.open("w") as sink:
+        trapd = subprocess.Popen(
+            [
+                "snmptrapd",
+                "-f",
+                "-Lo",
+                "-C",
+                "-c",
+                str(conf),
+                "-M",
+                f"{ietf}:{mibs}",
+                "-m",
+                "SNMPv2-MIB:SNMP-WATCHDOG-MIB",
+                f"udp:127.0.0.1:{port}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, SNMP_PERSISTENT_DIR=str(tmp_path / "persist")),
+        )
+    try:
+        deadline = time.monotonic() + 5
+        while "NET-SNMP version" not in out.read_text():
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        cfg = tmp_path / "w.yaml"
+        receivers = (
+            f"  - {{name: named, host: 127.0.0.1, port: {port}, community: public, mode: inform}}\n"
+        )
+        cfg.write_text(config_text(tmp_path, 25, receivers))
+        proc = run_cli(cfg, "test-trap", "--service", "mail")
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # acknowledged: printed
+    finally:
+        trapd.terminate()
+        trapd.wait(timeout=10)
+    text = out.read_text()
+    assert "SNMPv2-MIB::snmpTrapOID.0 = OID: SNMP-WATCHDOG-MIB::wdServiceDown" in text
+    assert "SNMPv2-MIB::snmpTrapOID.0 = OID: SNMP-WATCHDOG-MIB::wdServiceUp" in text
+    assert "SNMP-WATCHDOG-MIB::wdServiceName.1 = STRING: mail" in text
+    assert "SNMP-WATCHDOG-MIB::wdServiceState.1 = INTEGER: down(2)" in text
+    assert "SNMP-WATCHDOG-MIB::wdServiceReasonCode.1 = INTEGER: refused(1)" in text
+    assert "SNMP-WATCHDOG-MIB::wdNotificationFlags.0 = INTEGER: test(3)" in text
