@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import socket
 import stat
@@ -63,6 +64,23 @@ NET_SNMP = {
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
     """Run a test's coroutine in a fresh loop, bounded as a whole."""
     return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+async def timed_send_once(tmp_path: Path, receiver: model.Receiver) -> tuple[Delivery, float]:
+    """One notification through a fresh sender, and how long ``send`` took."""
+    sender = await started(tmp_path, [receiver])
+    try:
+        began = time.monotonic()
+        delivery = await sender.send(receiver, message())
+        return delivery, time.monotonic() - began
+    finally:
+        await sender.close()
+
+
+async def send_once(tmp_path: Path, receiver: model.Receiver) -> Delivery:
+    """One notification through a fresh sender."""
+    delivery, _took = await timed_send_once(tmp_path, receiver)
+    return delivery
 
 
 def message(sequence: int = 1, text: str = "hello") -> Message:
@@ -264,12 +282,7 @@ def test_a_source_address_that_is_not_local_fails_its_sends(tmp_path: Path) -> N
     receiver = model.Receiver("nms", "127.0.0.1", 9, community=model.Secret("x"))
     receiver = dataclasses.replace(receiver, source="192.0.2.10")
 
-    async def scenario() -> Delivery:
-        sender = await started(tmp_path, [receiver])
-        try:
-            return await sender.send(receiver, message())
-        finally:
-            await sender.close()
+    scenario = functools.partial(send_once, tmp_path, receiver)
 
     delivery = run(scenario())
     assert not delivery.ok
@@ -281,12 +294,7 @@ def test_host_names_are_resolved(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd()
     receiver = v2c(trapd, host="localhost", mode="inform")
 
-    async def scenario() -> Delivery:
-        sender = await started(tmp_path, [receiver])
-        try:
-            return await sender.send(receiver, message())
-        finally:
-            await sender.close()
+    scenario = functools.partial(send_once, tmp_path, receiver)
 
     assert run(scenario()).acknowledged
 
@@ -321,14 +329,7 @@ def test_inform_with_a_wrong_community_times_out(tmp_path: Path, snmptrapd: Trap
     trapd = snmptrapd()
     receiver = v2c(trapd, mode="inform", community=model.Secret("wrong"), timeout=0.5)
 
-    async def scenario() -> tuple[Delivery, float]:
-        sender = await started(tmp_path, [receiver])
-        try:
-            began = time.monotonic()
-            delivery = await sender.send(receiver, message())
-            return delivery, time.monotonic() - began
-        finally:
-            await sender.close()
+    scenario = functools.partial(timed_send_once, tmp_path, receiver)
 
     delivery, took = run(scenario())
     assert delivery == Delivery("nms", False, False, None, "timeout")
@@ -363,12 +364,7 @@ def test_ipv6_receivers(tmp_path: Path, snmptrapd: Trapd) -> None:
 def test_a_socket_error_fails_a_trap(tmp_path: Path) -> None:
     receiver = model.Receiver("everyone", "255.255.255.255", 162, community=model.Secret("x"))
 
-    async def scenario() -> Delivery:
-        sender = await started(tmp_path, [receiver])
-        try:
-            return await sender.send(receiver, message())
-        finally:
-            await sender.close()
+    scenario = functools.partial(send_once, tmp_path, receiver)
 
     assert run(scenario()) == Delivery(
         "everyone", False, False, None, "socket error: Permission denied"
@@ -402,14 +398,7 @@ def test_inform_to_a_port_where_nothing_listens_fails_within_its_timeout(
         community=model.Secret("public"), timeout=0.3,
     )  # fmt: skip
 
-    async def scenario() -> tuple[Delivery, float]:
-        sender = await started(tmp_path, [receiver])
-        try:
-            began = time.monotonic()
-            delivery = await sender.send(receiver, message())
-            return delivery, time.monotonic() - began
-        finally:
-            await sender.close()
+    scenario = functools.partial(timed_send_once, tmp_path, receiver)
 
     delivery, took = run(scenario())
     assert delivery.error == "timeout"
@@ -526,14 +515,7 @@ def test_v3_inform_failures_say_why(
     trapd = snmptrapd(communities=[], users=[user])
     receiver = v3(trapd, "wd", "SHA256", "AES128", mode="inform", timeout=0.5)
 
-    async def scenario() -> tuple[Delivery, float]:
-        sender = await started(tmp_path, [receiver])
-        try:
-            began = time.monotonic()
-            delivery = await sender.send(receiver, message())
-            return delivery, time.monotonic() - began
-        finally:
-            await sender.close()
+    scenario = functools.partial(timed_send_once, tmp_path, receiver)
 
     delivery, took = run(scenario())
     assert delivery == Delivery("nms3", False, False, None, reason)
