@@ -768,7 +768,14 @@ def test_auth_protocol_spellings(written: str, protocol: str) -> None:
 
 @pytest.mark.parametrize(
     ("written", "protocol"),
-    [("AES", "AES128"), ("aes-128", "AES128"), ("AES192", "AES192"), ("AES-256", "AES256")],
+    [
+        ("AES", "AES128"),
+        ("aes-128", "AES128"),
+        ("AES192", "AES192"),
+        ("AES-256", "AES256"),
+        ("AES-256-C", "AES256C"),
+        ("aes192c", "AES192C"),
+    ],
 )
 def test_priv_protocol_spellings(written: str, protocol: str) -> None:
     assert schema.parse_priv_protocol(written) == protocol
