@@ -147,12 +147,37 @@ def wait_for_file(path: Path, content: str, timeout: float = 5.0) -> None:
     raise AssertionError(f"{path} holds {seen!r}, not {content!r}")
 
 
-def pending_rows(state_dir: Path) -> dict[str, int]:
-    """Notifications waiting in a state directory's outbox, per receiver."""
-    from snmp_watchdog.store import Store  # noqa: PLC0415
+def pending_rows(state_dir: Path) -> dict[str, int] | None:
+    """Notifications waiting in a state directory's outbox, per receiver.
 
-    with Store.open(state_dir, readonly=True) as store:
-        return store.pending_counts()
+    None while the daemon has not created its database yet.
+    """
+    from snmp_watchdog.store import Store, StoreNotReady  # noqa: PLC0415
+
+    if not (state_dir / "state.db").exists():
+        return None
+    try:
+        with Store.open(state_dir, readonly=True) as store:
+            return store.pending_counts()
+    except StoreNotReady:
+        return None
+
+
+def stored_states(state_dir: Path) -> dict[str, Any]:
+    """The service states a daemon saved (as ``watchdog status`` reads them).
+
+    Empty while the daemon has not created its database yet.
+    """
+    from snmp_watchdog.store import Store, StoreNotReady  # noqa: PLC0415
+
+    if not (state_dir / "state.db").exists():
+        return {}
+    now = time.time()
+    try:
+        with Store.open(state_dir, readonly=True) as store:
+            return store.load_states(mono_now=now, wall_now=now)
+    except StoreNotReady:
+        return {}
 
 
 def wait_pending(state_dir: Path, expected: dict[str, int], timeout: float = 2.0) -> None:

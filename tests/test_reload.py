@@ -22,7 +22,14 @@ import pytest
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.state import ServiceState, State
 from snmp_watchdog.store import Store
-from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port, wait_for_file
+from tests.helpers import (
+    Daemon,
+    SmtpServer,
+    free_tcp_port,
+    free_udp_port,
+    stored_states,
+    wait_for_file,
+)
 from tests.snmptrapd import Received, Snmptrapd
 
 pytestmark = [pytest.mark.slow, pytest.mark.snmp]
@@ -75,11 +82,7 @@ def described(received: list[Received]) -> list[tuple[int, str, str]]:
 
 
 def stored(state_dir: Path) -> dict[str, ServiceState]:
-    if not (state_dir / "state.db").exists():
-        return {}
-    now = time.time()
-    with Store.open(state_dir, readonly=True) as store:
-        return store.load_states(mono_now=now, wall_now=now)
+    return stored_states(state_dir)
 
 
 def wait_stored(

@@ -29,6 +29,7 @@ from tests.helpers import (
     free_tcp_port,
     free_udp_port,
     pending_rows,
+    stored_states,
     wait_pending,
 )
 from tests.snmptrapd import Received, Snmptrapd
@@ -129,11 +130,7 @@ def distinct(received: list[Received], pdu: str) -> list[tuple[int, str]]:
 
 def stored_state(state_dir: Path, name: str) -> State | None:
     """What the state database holds for ``name`` (read as ``watchdog status`` reads it)."""
-    if not (state_dir / "state.db").exists():
-        return None
-    now = time.time()
-    with Store.open(state_dir, readonly=True) as store:
-        st = store.load_states(mono_now=now, wall_now=now).get(name)
+    st = stored_states(state_dir).get(name)
     return None if st is None else st.state
 
 

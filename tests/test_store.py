@@ -17,7 +17,7 @@ from snmp_watchdog import store as store_module
 from snmp_watchdog.exceptions import WatchdogError
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
-from snmp_watchdog.store import APPLICATION_ID, Pending, Store, StoreError
+from snmp_watchdog.store import APPLICATION_ID, Pending, Store, StoreError, StoreNotReady
 
 # Clock pairs read "together". Every value and difference is exact in binary,
 # so round trips compare with ==.
@@ -552,3 +552,14 @@ def test_version_1_database_is_upgraded_keeping_states_and_numbering_services(
     assert numbers["mail"] == 1
     assert numbers["web"] > 1
     assert (tmp_path / "state.db.schema-1.bak").exists()
+
+
+def test_a_reader_that_comes_while_the_daemon_creates_the_database_is_told_to_wait(
+    tmp_path: Path,
+) -> None:
+    """`watchdog status` at the very moment of a first start: not a schema error."""
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()  # a database file exists, its schema not committed yet (version 0)
+    with pytest.raises(StoreNotReady, match="still creating the state database"):
+        Store.open(tmp_path, readonly=True)

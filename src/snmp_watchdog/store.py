@@ -87,6 +87,10 @@ class StoreError(WatchdogError):
     """The state store cannot be used; the message says why and what to do."""
 
 
+class StoreNotReady(StoreError):
+    """A read-only open found the database before the daemon finished creating it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """One inform not yet acknowledged by its receiver."""
@@ -268,6 +272,11 @@ class Store:
         try:
             _check(db, db_path)
             version = _user_version(db, db_path)
+            if version == 0:
+                raise StoreNotReady(
+                    f"{db_path}: the daemon is still creating the state database; "
+                    f"try again in a moment"
+                )
             if version != schema_version():
                 raise StoreError(
                     f"{db_path}: the state database has schema version {version}, this "
