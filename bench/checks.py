@@ -155,7 +155,6 @@ async def watchdog_round(services: list[Any], max_in_flight: int) -> int:
     sched = Scheduler(
         services,
         check=run_check,
-        on_notification=lambda *a: None,
         on_result=on_result,
         max_in_flight=max_in_flight,
     )

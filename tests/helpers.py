@@ -47,11 +47,22 @@ def free_udp_port() -> int:
 class Daemon:
     """``watchdog run`` in a subprocess, its stderr collected line by line."""
 
-    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path | None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+    ) -> None:
+        """``watchdog -c CONFIG EXTRA... run``, or ``argv``: any command line that
+        ends by running the daemon (a sandbox, a full disk's namespace)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         env.pop("JOURNAL_STREAM", None)
+        if argv is None:
+            assert config is not None
+            argv = [sys.executable, "-m", "snmp_watchdog", "-c", str(config), *extra, "run"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snmp_watchdog", "-c", str(config), *extra, "run"],
+            argv,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

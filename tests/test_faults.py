@@ -22,7 +22,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,21 +91,6 @@ def distinct(received: list[Received], pdu: str) -> list[tuple[int, str, str]]:
         (seq, KINDS[n.trap_oid], next(v.text for k, v in n.payload.items() if k.startswith(NAME)))
         for seq, n in first.items()
     ]
-
-
-class Wrapped(Daemon):
-    """``Daemon``'s line reader around any command line that ends by running the daemon."""
-
-    def __init__(self, argv: list[str]) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
-        )
-        self.lines = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
 
 def run_argv(cfg: Path, *extra: str) -> list[str]:
@@ -242,7 +226,7 @@ def test_a_full_disk_at_run_time_loses_no_notification_and_skips_no_number(
         cfg.write_text(config_text(disk.path, trapd.port, service("mail", smtp.port)))
 
         def start() -> Daemon:
-            d = Wrapped(disk.enter(run_argv(cfg, "--log-level", "debug")))
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
             daemons.append(d)
             d.wait_for("ready")
             return d

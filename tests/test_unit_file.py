@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,21 +109,6 @@ def test_its_exposure_level_stays_low(tmp_path: Path) -> None:
 # --- the sandbox, rebuilt -----------------------------------------------------------
 
 
-class Sandboxed(Daemon):
-    """``Daemon``'s line reader around any command line (here: the sandbox, then the daemon)."""
-
-    def __init__(self, argv: list[str]) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen(
-            argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
-        )
-        self.lines = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-
 # Inside the new mount namespace: the writable directories stay writable (their
 # own bind mounts), then / becomes read-only; then every capability goes.
 _SANDBOX = """
@@ -170,7 +154,7 @@ services:
 """
     )
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _SANDBOX, "sandbox"]
-    d = Sandboxed([*argv, str(state), str(status), sys.executable, _PRELUDE, str(cfg)])
+    d = Daemon(None, argv=[*argv, str(state), str(status), sys.executable, _PRELUDE, str(cfg)])
     try:
         d.wait_for(r"mail .* is DOWN \(was unknown\)")
         d.wait_for(r"down #1 \(mail\) sent to nms")

@@ -107,7 +107,6 @@ class Daemon:
         self.scheduler = Scheduler(
             config.services,
             check=run_check,
-            on_notification=lambda *a: None,
             on_result=self._on_result,
             max_in_flight=config.settings.max_in_flight,
             initial=initial,

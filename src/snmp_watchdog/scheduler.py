@@ -62,7 +62,7 @@ class Scheduler:
         services: Iterable[Service],
         *,
         check: CheckFn,
-        on_notification: NotifyFn,
+        on_notification: NotifyFn | None = None,
         on_result: ResultFn | None = None,
         max_in_flight: int = 1000,
         clock: Callable[[], float] = time.monotonic,
@@ -195,8 +195,9 @@ class Scheduler:
         slot.state = new_state
         if self._on_result is not None:
             self._on_result(svc, new_state, result, notes)
-        for note in notes:
-            self._on_notification(svc, new_state, note)
+        if self._on_notification is not None:
+            for note in notes:
+                self._on_notification(svc, new_state, note)
         if self._slots.get(svc.name) is not slot:
             return  # removed or replaced by a reload while the check ran
         base = svc.retry_interval if state.confirming(new_state) else svc.interval

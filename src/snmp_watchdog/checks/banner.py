@@ -70,36 +70,36 @@ SSH_IDENTIFICATION = Grammar(
 )
 
 
+async def _greeted(
+    conversation: Conversation, greeting: re.Match[bytes], ok: bool, bye: bytes, reply: Grammar
+) -> str:
+    """Judge a greeting; when it is good, the verdict is in and a polite goodbye follows."""
+    detail = quote(greeting.group())
+    if not ok:
+        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"greeting: {detail}")
+    conversation.verdict = conversation.result(Reason.OK, detail)
+    await conversation.goodbye(bye, reply)
+    return detail
+
+
 async def _pop3(conversation: Conversation) -> str:
     greeting = await conversation.reply(POP3_LINE)
-    if greeting.group("status") != b"+OK":
-        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"greeting: {quote(greeting.group())}")
-    detail = quote(greeting.group())
-    conversation.verdict = conversation.result(Reason.OK, detail)
-    await conversation.goodbye(b"QUIT\r\n", POP3_LINE)
-    return detail
+    ok = greeting.group("status") == b"+OK"
+    return await _greeted(conversation, greeting, ok, b"QUIT\r\n", POP3_LINE)
 
 
 async def _imap(conversation: Conversation) -> str:
     greeting = await conversation.reply(IMAP_GREETING)
-    if greeting.group("status").upper() not in (b"OK", b"PREAUTH"):
-        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"greeting: {quote(greeting.group())}")
-    detail = quote(greeting.group())
-    conversation.verdict = conversation.result(Reason.OK, detail)
-    await conversation.goodbye(b"a1 LOGOUT\r\n", IMAP_LOGOUT)
-    return detail
+    ok = greeting.group("status").upper() in (b"OK", b"PREAUTH")
+    return await _greeted(conversation, greeting, ok, b"a1 LOGOUT\r\n", IMAP_LOGOUT)
 
 
 async def _ftp(conversation: Conversation) -> str:
     greeting = await conversation.reply(FTP_GREETING)
-    if greeting.group()[:3] == b"120":
+    if greeting.group()[:3] == b"120":  # "ready in a moment": the real greeting follows
         greeting = await conversation.reply(FTP_GREETING)
-    if greeting.group()[:3] != b"220":
-        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"greeting: {quote(greeting.group())}")
-    detail = quote(greeting.group())
-    conversation.verdict = conversation.result(Reason.OK, detail)
-    await conversation.goodbye(b"QUIT\r\n", FTP_GOODBYE)
-    return detail
+    ok = greeting.group()[:3] == b"220"
+    return await _greeted(conversation, greeting, ok, b"QUIT\r\n", FTP_GOODBYE)
 
 
 async def _ssh(conversation: Conversation) -> str:
