@@ -33,11 +33,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.handlers import Sink
 
 from snmp_watchdog.model import CheckKind, Service
-from tests.helpers import free_tcp_port
+from tests.helpers import closing_controller, free_tcp_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -214,7 +213,7 @@ def smtp_script(name: bytes = b"mail.test") -> Script:
 def aiosmtpd_server(name: str = "mail.test") -> Iterator[int]:
     """A real SMTP server (aiosmtpd, in its own thread) greeting as ``name``; yields its port."""
 
-    controller = Controller(
+    controller = closing_controller(
         Sink(), hostname="127.0.0.1", port=free_tcp_port(), server_hostname=name
     )
     controller.start()
