@@ -99,7 +99,9 @@ def test_each_service_kind_has_its_notification(
     assert msg.kind == kind
 
 
-@pytest.mark.parametrize(("flags", "number"), [("normal", 1), ("reminder", 2), ("test", 3)])
+@pytest.mark.parametrize(
+    ("flags", "number"), [("normal", 1), ("reminder", 2), ("test", 3), ("removed", 4), ("added", 5)]
+)
 def test_flags(builder: MessageBuilder, flags: str, number: int) -> None:
     assert values(event(builder, flags=flags))[(*ROOT, 1, 1, 7, 0)] == (Integer32, number)
 

@@ -10,12 +10,16 @@ waiting for it, none lost.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +45,9 @@ KINDS = {
     ".".join(map(str, OIDS.service_down)): "down",
     ".".join(map(str, OIDS.service_up)): "up",
 }
+HEARTBEAT = ".".join(map(str, OIDS.heartbeat))
+FLAGS = ".".join(map(str, (*OIDS.notification_flags, 0)))
+STATE = ".".join(map(str, OIDS.service_state))
 DEFAULTS = """
 defaults:
   interval: 0.2s
@@ -64,10 +71,10 @@ def receiver(port: int, mode: str = "trap") -> str:
     )
 
 
-def write(cfg: Path, tmp_path: Path, receivers: str, services: str) -> None:
+def write(cfg: Path, tmp_path: Path, receivers: str, services: str, settings: str = "") -> None:
     cfg.write_text(
         f"watchdog:\n  state_dir: {tmp_path}/state\n  status_dir: {tmp_path}/status\n"
-        f"{DEFAULTS}receivers:\n{receivers}services:\n{services}"
+        f"{settings}{DEFAULTS}receivers:\n{receivers}services:\n{services}"
     )
 
 
@@ -253,4 +260,192 @@ def test_a_check_in_flight_when_its_service_is_removed_does_not_bring_it_back(
         assert sorted(os.listdir(status_dir)) == ["mail"]
         assert set(stored(state_dir)) == {"mail"}
         assert d.stop() == 0
-    assert described(trapd.wait_for(1)) == [(1, "down", "slow")]
+    # The removed service's receivers hear no more of it: its Down is closed.
+    assert described(trapd.wait_for(2)) == [(1, "down", "slow"), (2, "up", "slow")]
+
+
+def heartbeats(received: list[Received]) -> int:
+    return len({n.varbinds[SEQUENCE].text for n in received if n.trap_oid == HEARTBEAT})
+
+
+def test_heartbeat_follows_a_reload_both_ways(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"check mail: ok")
+
+    # Added by a reload: it starts.
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port), "  heartbeat: 0.3s\n")
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded", start=mark)
+    d.wait_for(r"heartbeat #\d+", start=mark)
+    d.wait_for(r"heartbeat #\d+", start=d.wait_for(r"heartbeat #\d+", start=mark) + 1)
+
+    deadline = time.monotonic() + 5
+    while heartbeats(trapd.notifications) < 2:
+        assert time.monotonic() < deadline, trapd.notifications
+        time.sleep(0.05)
+
+    # Removed by a reload: it stops (it used to spin, thousands a second).
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port))
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    reloaded = d.wait_for(r"configuration reloaded", start=mark)
+    time.sleep(0.3)  # one already on its way may still arrive
+    before = heartbeats(trapd.notifications)
+    time.sleep(1.0)
+    assert heartbeats(trapd.notifications) == before
+    assert not [ln for ln in d.lines[reloaded:] if "heartbeat #" in ln]
+    assert d.stop() == 0
+
+
+def test_engine_id_and_max_in_flight_on_reload(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """max_in_flight is applied; engine_id is not, says so, and status shows the one in use."""
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    cfg = tmp_path / "watchdog.yaml"
+    first, second = "0x80001f8804736e6d702d7761746368", "0x80001f8804736e6d702d6f74686572"
+    write(
+        cfg,
+        tmp_path,
+        receiver(trapd.port),
+        service("mail", smtp.port),
+        f"  engine_id: '{first}'\n  max_in_flight: 10\n",
+    )
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(rf"SNMP engine ID {first} \(boots 1\)")
+    d.wait_for(r"check mail: ok")
+
+    write(
+        cfg,
+        tmp_path,
+        receiver(trapd.port),
+        service("mail", smtp.port),
+        f"  engine_id: '{second}'\n  max_in_flight: 20\n",
+    )
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(rf"WARNING engine_id changes only with a restart; still using {first}", start=mark)
+    d.wait_for(r"max_in_flight now 20 \(was 10\)", start=mark)
+    d.wait_for(r"configuration reloaded", start=mark)
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    data = json.loads(shown.stdout)
+    assert data["engine_id"] == first
+    assert data["engine_id_at_next_start"] == second
+    assert d.stop() == 0
+
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for(rf"SNMP engine ID {second} \(boots 1\)")
+    d.wait_for(r"ready")
+    shown = subprocess.run(
+        [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    data = json.loads(shown.stdout)
+    assert (data["engine_id"], data["engine_id_at_next_start"]) == (second, None)
+    assert d.stop() == 0
+
+
+def test_down_and_up_stay_paired_per_receiver_when_a_reload_moves_a_down_service(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """The receiver that loses the service gets an Up flagged removed (state unknown);
+    the one that gains it gets the Down flagged added, then the real Up."""
+    first, second = snmptrapd(), snmptrapd()
+    assert first.port is not None
+    assert second.port is not None
+
+    def receivers() -> str:
+        return receiver(first.port or 0).replace("name: nms", "name: first") + receiver(
+            second.port or 0
+        ).replace("name: nms", "name: second")
+
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, receivers(), service("mail", smtp.port, ", receivers: [first]"))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"down #1 \(mail\) sent to first")
+
+    write(cfg, tmp_path, receivers(), service("mail", smtp.port, ", receivers: [second]"))
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded", start=mark)
+    d.wait_for(r"up #2 \(mail\) sent to first", start=mark)
+    d.wait_for(r"down #3 \(mail\) sent to second", start=mark)
+    smtp.start()
+    d.wait_for(r"up #4 \(mail\) sent to second", start=mark)
+    time.sleep(0.3)
+    assert d.stop() == 0
+
+    one, two = first.wait_for(2), second.wait_for(2)
+    assert described(one) == [(1, "down", "mail"), (2, "up", "mail")]
+    assert described(two) == [(3, "down", "mail"), (4, "up", "mail")]
+    closing, added, real_up = one[-1], two[0], two[-1]
+    assert closing.varbinds[FLAGS].text == "4"  # removed(4)
+    assert next(v.text for k, v in closing.varbinds.items() if k.startswith(STATE)) == "3"
+    assert added.varbinds[FLAGS].text == "5"  # added(5)
+    assert real_up.varbinds[FLAGS].text == "1"
+    assert len(first.notifications) == 2
+
+
+def test_informs_of_a_receiver_removed_while_stopped_are_shown_then_discarded(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    nowhere = free_udp_port()
+    cfg = tmp_path / "watchdog.yaml"
+    gone = receiver(nowhere, "inform").replace("name: nms", "name: gone")
+    stays = receiver(free_udp_port()).replace("name: nms", "name: stays")
+    dead = service("dead", free_tcp_port(), ", receivers: [gone]")
+    write(cfg, tmp_path, gone + stays, dead)
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for(r"down #1 \(dead\) to gone not acknowledged \(attempt 1\)")
+    assert d.stop() == 0
+
+    write(cfg, tmp_path, stays, service("dead", free_tcp_port()))
+
+    def shown() -> tuple[dict[str, Any], str]:
+        argv = [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status"]
+        data = subprocess.run(
+            [*argv, "--json"], check=True, capture_output=True, text=True, timeout=30
+        )
+        plain = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
+        return json.loads(data.stdout), plain.stdout
+
+    data, plain = shown()
+    assert data["unconfigured_pending"] == {"gone": 1}
+    assert "receiver gone (no longer configured): 1 notification(s)" in plain
+
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for(
+        r"WARNING receiver gone is no longer configured: 1 notification\(s\) waiting for it "
+        r"discarded"
+    )
+    d.wait_for("ready")
+    data, plain = shown()
+    assert data["unconfigured_pending"] == {}
+    assert "no longer configured" not in plain
+    assert d.stop() == 0

@@ -221,3 +221,57 @@ def test_update_keeps_unchanged_state_forgets_removed_starts_new_unknown() -> No
 
     sched = run(main())
     assert set(sched.states()) == {"a"}
+
+
+def test_max_in_flight_follows_a_reload_both_ways() -> None:
+    running = 0
+    peaks: list[int] = []
+
+    async def check(s: Service) -> CheckResult:
+        nonlocal running
+        running += 1
+        peaks.append(running)
+        try:
+            await asyncio.sleep(0.05)
+            return OK
+        finally:
+            running -= 1
+
+    services = [svc(f"s{i}", interval=0.05) for i in range(20)]
+
+    async def main() -> tuple[int, int, int]:
+        sched = Scheduler(services, check=check, on_notification=lambda *a: None, max_in_flight=2)
+        task = asyncio.create_task(sched.run())
+        await asyncio.sleep(0.3)
+        low = max(peaks)
+        sched.set_max_in_flight(10)
+        peaks.clear()
+        await asyncio.sleep(0.3)
+        high = max(peaks)
+        sched.set_max_in_flight(3)
+        await asyncio.sleep(0.2)  # the checks over the new cap finish
+        peaks.clear()
+        await asyncio.sleep(0.3)
+        lowered = max(peaks)
+        sched.stop()
+        await task
+        return low, high, lowered
+
+    low, high, lowered = run(main())
+    assert low == 2
+    assert high == 10
+    assert lowered == 3
+
+
+def test_stop_while_waiting_for_a_free_slot_returns_at_once() -> None:
+    async def check(s: Service) -> CheckResult:
+        await asyncio.sleep(60)
+        return OK
+
+    async def main() -> None:
+        sched = Scheduler(
+            [svc("a"), svc("b")], check=check, on_notification=lambda *a: None, max_in_flight=1
+        )
+        await run_for(sched, 0.2)
+
+    run(main(), timeout=3.0)

@@ -17,20 +17,25 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from snmp_watchdog import __version__, state
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.config import load_config
 from snmp_watchdog.exceptions import ConfigError
 from snmp_watchdog.model import Config, Service
+from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.notifier import Notifier
+from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
 from snmp_watchdog.sdnotify import SystemdNotifier, keep_alive, watchdog_interval
 from snmp_watchdog.statusfiles import StatusFiles
-from snmp_watchdog.store import Store, StoreError
+from snmp_watchdog.store import ENGINE_ID_IN_USE, Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -62,6 +67,16 @@ def describe(svc: Service, note: state.Notification) -> str:
     )
 
 
+class _Event(NamedTuple):
+    """A notification to queue: for the service's receivers, or for ``receivers``."""
+
+    service: Service
+    row: int  # the service's index in the MIB table
+    note: state.Notification
+    flags: str = "normal"
+    receivers: tuple[str, ...] | None = None
+
+
 class Daemon:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -76,6 +91,10 @@ class Daemon:
         self._store_failing = False
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
+        # Reloads run one at a time, in the order of their signals: the last
+        # SIGHUP reads the file last, so what is on disk then is what runs.
+        self._reload_lock = asyncio.Lock()
+        self._heartbeat: asyncio.Task[None] | None = None
         self.systemd = SystemdNotifier()
 
     # -- life cycle ------------------------------------------------------------
@@ -98,8 +117,13 @@ class Daemon:
 
     async def _run(self, config: Config, store: Store) -> int:
         initial = self._restore(config, store)
+        self._discard_orphans(config, store)
         self.notifier = Notifier(config, store, started=self.started)
         await self.notifier.start()
+        try:  # what ``watchdog status`` shows and prints createUser lines for
+            store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
+        except StoreError as exc:
+            self._store_failed(exc)
         if config.settings.status_dir is not None:
             self.status_files = StatusFiles(config.settings.status_dir)
             for name, st in initial.items():
@@ -117,8 +141,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._start_reload)
         runner = asyncio.create_task(self.scheduler.run(), name="scheduler")
         background = [asyncio.create_task(self._flush_loop(), name="flush")]
-        if config.settings.heartbeat > 0:
-            background.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._set_heartbeat(config.settings.heartbeat)
         interval = watchdog_interval()
         if interval is not None:
             sched = self.scheduler
@@ -145,6 +168,7 @@ class Daemon:
             self.systemd.stopping()
             self.scheduler.stop()
             stop.cancel()
+            self._set_heartbeat(0)
             for task in (*background, *self._reloads):
                 task.cancel()
             await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
@@ -167,11 +191,45 @@ class Daemon:
         if gone:
             store.forget(gone)
             log.info("forgot %d service(s) no longer configured: %s", len(gone), ", ".join(gone))
+            down = [name for name in gone if saved[name].notified is state.State.DOWN]
+            if down:
+                # Their receivers are not known any more: nothing can close their Downs.
+                log.warning(
+                    "removed while the daemon was stopped, with a Down sent and no Up: %s; "
+                    "close their problems at the receivers by hand (a reload would have "
+                    "sent an Up flagged 'removed')",
+                    ", ".join(down),
+                )
         self.indexes = store.service_indexes(names)
         initial = {name: st for name, st in saved.items() if name in self.indexes}
         if initial:
             log.info("resumed the state of %d service(s) from %s", len(initial), store.path)
         return initial
+
+    def _discard_orphans(self, config: Config, store: Store) -> None:
+        """Drop the informs still queued for receivers the configuration no longer has."""
+        configured = {r.name for r in config.receivers}
+        for name, count in sorted(store.pending_counts().items()):
+            if name in configured:
+                continue
+            try:
+                store.discard(name)
+            except StoreError as exc:
+                log.error("cannot discard the informs of removed receiver %s: %s", name, exc)
+                continue
+            log.warning(
+                "receiver %s is no longer configured: %d notification(s) waiting for it discarded",
+                name,
+                count,
+            )
+
+    def _set_heartbeat(self, every: float) -> None:
+        """(Re)start the heartbeat loop at ``every`` seconds; 0 stops it."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if every > 0:
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(every), name="heartbeat")
 
     def _stale_after(self, interval: float) -> float:
         """How long without a scheduler pass means stuck (see ``sdnotify``).
@@ -202,6 +260,17 @@ class Daemon:
         task.add_done_callback(self._reloads.discard)
 
     async def reload(self) -> None:
+        """Reload the configuration file; one reload at a time, systemd always told the end."""
+        async with self._reload_lock:
+            if self._stop.is_set():
+                return
+            try:
+                await self._reload()
+            except Exception:
+                log.exception("reload failed with an internal error")
+                self.systemd.ready(self.status_line())
+
+    async def _reload(self) -> None:
         assert self.scheduler is not None
         assert self.store is not None
         assert self.notifier is not None
@@ -217,8 +286,7 @@ class Daemon:
             return
         old = self.config
         assert old is not None
-        if config.settings.state_dir != old.settings.state_dir:
-            log.warning("state_dir changes only with a restart; keeping %s", old.settings.state_dir)
+        config = self._keep_restart_only_settings(config, old)
         self._flush()
         try:  # the only step that can fail: before anything changes
             indexes = self.store.service_indexes(svc.name for svc in config.services)
@@ -231,13 +299,16 @@ class Daemon:
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
         # From here on nothing awaits: no check result comes in halfway.
+        told = self._what_receivers_must_be_told(old, config)
         added, changed, removed = self.scheduler.update(config.services)
         self.indexes = indexes
         for name in removed:
             self._dirty.pop(name, None)
-        if removed:
-            try:
-                self.store.forget(removed)
+        store = self.store
+        forget = (lambda: store.forget(removed)) if removed else None
+        if not self._queue(told, save=forget) and removed:
+            try:  # the notifications went from memory; forget in a transaction of its own
+                store.forget(removed)
             except StoreError as exc:  # forgotten at the next start instead
                 self._store_failed(exc)
         if self.status_files is not None:
@@ -246,6 +317,15 @@ class Daemon:
         sd = config.settings.status_dir
         if sd != (self.status_files.directory if self.status_files else None):
             self.status_files = StatusFiles(sd) if sd is not None else None
+        if config.settings.max_in_flight != old.settings.max_in_flight:
+            self.scheduler.set_max_in_flight(config.settings.max_in_flight)
+            log.info(
+                "max_in_flight now %d (was %d)",
+                config.settings.max_in_flight,
+                old.settings.max_in_flight,
+            )
+        if config.settings.heartbeat != old.settings.heartbeat:
+            self._set_heartbeat(config.settings.heartbeat)
         self.config = config
         log.info(
             "configuration reloaded: %d services (%d added, %d changed, %d removed)",
@@ -255,6 +335,81 @@ class Daemon:
             len(removed),
         )
         self.systemd.ready(self.status_line())
+
+    def _keep_restart_only_settings(self, config: Config, old: Config) -> Config:
+        """The new configuration with what only a restart can change kept as it runs."""
+        settings = config.settings
+        if settings.state_dir != old.settings.state_dir:
+            log.warning("state_dir changes only with a restart; keeping %s", old.settings.state_dir)
+            settings = replace(settings, state_dir=old.settings.state_dir)
+        if settings.engine_id != old.settings.engine_id:
+            assert self.notifier is not None
+            log.warning(
+                "engine_id changes only with a restart; still using %s",
+                format_engine_id(self.notifier.sender.engine_id),
+            )
+            settings = replace(settings, engine_id=old.settings.engine_id)
+        return config if settings is config.settings else replace(config, settings=settings)
+
+    def _what_receivers_must_be_told(self, old: Config, new: Config) -> list[_Event]:
+        """Keep Down/Up pairs whole across a reload, for each receiver.
+
+        A receiver that was told a service is Down and will hear no more of it
+        (the service was removed or renamed, or no longer notifies this
+        receiver) gets an Up flagged ``removed`` with state ``unknown``, which
+        closes its open problem. A receiver newly given a service that is down
+        gets that Down, flagged ``added``, so that the Up to come pairs with
+        something. Receivers removed from the file are told nothing: they are
+        no longer ours to talk to.
+        """
+        assert self.scheduler is not None
+        now = time.monotonic()
+        configured = {r.name for r in new.receivers}
+        wanted = {svc.name: svc for svc in new.services}
+        events = []
+        for name, st in self.scheduler.states().items():
+            if st.notified is not state.State.DOWN:
+                continue
+            before = old.service(name)
+            after = wanted.get(name)
+            kept = set(after.receivers) if after is not None else set()
+            left = tuple(r for r in before.receivers if r not in kept and r in configured)
+            if left:
+                note = state.Notification(
+                    kind=state.Kind.UP,
+                    state=state.State.UNKNOWN,
+                    previous=state.State.DOWN,
+                    reason=Reason.OK,
+                    detail="no longer watched for this receiver (configuration reloaded)",
+                    count=0,
+                    elapsed=0.0,
+                    at=now,
+                )
+                events.append(_Event(before, self.indexes[name], note, "removed", left))
+            if after is None or st.state is not state.State.DOWN:
+                continue
+            joined = tuple(r for r in after.receivers if r not in before.receivers)
+            if joined:
+                note = state.Notification(
+                    kind=state.Kind.DOWN,
+                    state=state.State.DOWN,
+                    previous=st.previous,
+                    reason=st.last_reason or Reason.NETWORK_ERROR,
+                    detail=st.last_detail,
+                    count=st.failures,
+                    elapsed=st.last_elapsed,
+                    at=st.since if st.since is not None else now,
+                )
+                events.append(_Event(after, self.indexes[name], note, "added", joined))
+        for event in events:
+            log.info(
+                "%s: %s %s to %s (configuration reloaded)",
+                event.service.name,
+                event.note.kind.value,
+                event.flags,
+                ", ".join(event.receivers or ()),
+            )
+        return events
 
     # -- results -----------------------------------------------------------------
 
@@ -293,24 +448,45 @@ class Daemon:
         self, svc: Service, st: state.ServiceState, notes: tuple[state.Notification, ...]
     ) -> None:
         assert self.store is not None
-        assert self.notifier is not None
         self._dirty.pop(svc.name, None)
         index = self.indexes[svc.name]
+        store = self.store
+
+        def save() -> None:
+            store.save_state(svc.name, st, mono_now=time.monotonic(), wall_now=time.time())
+
+        if not self._queue([_Event(svc, index, note) for note in notes], save=save):
+            self._dirty[svc.name] = st
+
+    def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
+        """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
+
+        When the transaction fails nothing was queued: the events go out from
+        memory under the same numbers they would have had.
+        """
+        assert self.store is not None
+        assert self.notifier is not None
+        if not events and save is None:
+            return True
         before = self.notifier.last_sequence
         try:
             with self.store.transaction():
-                self.store.save_state(svc.name, st, mono_now=time.monotonic(), wall_now=time.time())
-                for note in notes:
-                    self.notifier.service_event(svc, index, note)
+                if save is not None:
+                    save()
+                for e in events:
+                    self.notifier.service_event(
+                        e.service, e.row, e.note, flags=e.flags, receivers=e.receivers
+                    )
         except StoreError as exc:
-            # Rolled back: nothing was queued. Deliver from memory instead.
             self._store_failed(exc)
-            self._dirty[svc.name] = st
             self.notifier.last_sequence = before
-            for note in notes:
-                self.notifier.service_event(svc, index, note, durable=False)
-            return
+            for e in events:
+                self.notifier.service_event(
+                    e.service, e.row, e.note, flags=e.flags, receivers=e.receivers, durable=False
+                )
+            return False
         self._store_recovered()
+        return True
 
     def _flush(self) -> None:
         """Save the states that changed without a notification, in one transaction."""
@@ -348,10 +524,9 @@ class Daemon:
             await asyncio.sleep(FLUSH_EVERY)
             self._flush()
 
-    async def _heartbeat_loop(self) -> None:
-        assert self.config is not None
+    async def _heartbeat_loop(self, every: float) -> None:
         while True:
-            await asyncio.sleep(self.config.settings.heartbeat)
+            await asyncio.sleep(every)
             counts = self._counts()
             assert self.store is not None
             assert self.notifier is not None

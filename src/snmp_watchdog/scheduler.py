@@ -74,8 +74,9 @@ class Scheduler:
         self._on_result = on_result
         self._clock = clock
         self._rng = rng or random.Random()
-        self._sem = asyncio.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
+        self._running = 0
+        self._slot_freed = asyncio.Event()
         self._slots: dict[str, Slot] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,7 +100,16 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return self._max_in_flight - self._sem._value
+        return self._running
+
+    def set_max_in_flight(self, limit: int) -> None:
+        """Change the cap on checks at once (a reload); running checks are not cut short.
+
+        A lower cap lets the checks over it finish and starts no new one until
+        the count is below it; a higher one frees the dispatcher at once.
+        """
+        self._max_in_flight = limit
+        self._slot_freed.set()
 
     def states(self) -> dict[str, state.ServiceState]:
         return {name: slot.state for name, slot in self._slots.items()}
@@ -146,7 +156,12 @@ class Scheduler:
                     slot = self._slots.get(name)
                     if slot is None or slot.generation != gen or slot.running:
                         continue
-                    await self._sem.acquire()
+                    while self._running >= self._max_in_flight and not self._stopping:
+                        self._slot_freed.clear()
+                        await self._slot_freed.wait()
+                    if self._stopping:
+                        break
+                    self._running += 1
                     slot.running = True
                     task = asyncio.create_task(self._run_one(slot), name=f"check {name}")
                     self._tasks.add(task)
@@ -162,6 +177,7 @@ class Scheduler:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._slot_freed.set()
 
     # -- internals ---------------------------------------------------------
 
@@ -186,7 +202,8 @@ class Scheduler:
             self._push(slot, started + svc.interval)
             return
         finally:
-            self._sem.release()
+            self._running -= 1
+            self._slot_freed.set()
             slot.running = False
         now = self._clock()
         self.progress = now

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from snmp_watchdog import model
-from snmp_watchdog.notify.engine import format_engine_id, saved_engine_id
+from snmp_watchdog.notify.engine import format_engine_id, parse_engine_id, saved_engine_id
 from snmp_watchdog.state import ServiceState
-from snmp_watchdog.store import Store
+from snmp_watchdog.store import ENGINE_ID_IN_USE, Store
 
 #: Net-SNMP's names for our protocols (createUser's syntax).
 _NETSNMP_AUTH = {
@@ -60,7 +60,10 @@ def _iso(t: float | None) -> str | None:
 def collect(config: model.Config) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data (what ``--json`` prints)."""
     settings = config.settings
-    engine_id = saved_engine_id(settings.state_dir, settings.engine_id)
+    # The engine ID the next start will use; the daemon records the one it runs with,
+    # which differs after an edit of engine_id that only a restart applies.
+    next_start = saved_engine_id(settings.state_dir, settings.engine_id)
+    in_use: str | None = None
     states: dict[str, ServiceState] = {}
     pending: dict[str, int] = {}
     if (settings.state_dir / "state.db").exists():
@@ -68,6 +71,10 @@ def collect(config: model.Config) -> dict[str, Any]:
         with Store.open(settings.state_dir, readonly=True) as store:
             states = store.load_states(mono_now=now, wall_now=now)
             pending = store.pending_counts()
+            in_use = store.meta_get(ENGINE_ID_IN_USE)
+    at_next_start = format_engine_id(next_start) if next_start else None
+    engine = in_use or at_next_start
+    engine_id = parse_engine_id(engine) if engine else None
     services = []
     for svc in config.services:
         st = states.get(svc.name, ServiceState())
@@ -102,10 +109,14 @@ def collect(config: model.Config) -> dict[str, Any]:
         }
         for r in config.receivers
     ]
+    configured = {r.name for r in config.receivers}
     return {
-        "engine_id": format_engine_id(engine_id) if engine_id else None,
+        "engine_id": engine,
+        "engine_id_at_next_start": at_next_start if at_next_start != engine else None,
         "services": services,
         "receivers": receivers,
+        # Informs queued for receivers no longer in the file: discarded at the next start.
+        "unconfigured_pending": {k: v for k, v in sorted(pending.items()) if k not in configured},
     }
 
 
@@ -135,6 +146,11 @@ def render(data: dict[str, Any]) -> str:
     lines.append("")
     engine = data["engine_id"] or "not generated yet (the daemon creates it at its first start)"
     lines.append(f"SNMP engine ID: {engine}")
+    if data["engine_id_at_next_start"]:
+        lines.append(
+            f"  after the next restart: {data['engine_id_at_next_start']} "
+            "(the file's engine_id; receivers of v3 traps need new createUser lines then)"
+        )
     for r in data["receivers"]:
         lines.append(
             f"receiver {r['name']} ({r['address']}, v{r['version']} {r['mode']}): "
@@ -142,6 +158,11 @@ def render(data: dict[str, Any]) -> str:
         )
         if r["create_user"]:
             lines.append(f"  snmptrapd.conf: {r['create_user']}")
+    for name, count in data["unconfigured_pending"].items():
+        lines.append(
+            f"receiver {name} (no longer configured): {count} notification(s) not yet "
+            "delivered, discarded at the next start"
+        )
     return "\n".join(lines)
 
 

@@ -524,6 +524,9 @@ class Store:
         return {r[0]: int(r[1]) for r in rows}
 
 
+#: ``meta`` key: the engine ID the running (or last) daemon uses, as ``0x...``.
+ENGINE_ID_IN_USE = "engine_id_in_use"
+
 _SELECT_STATES = """
     SELECT name, state, since, failures, successes, changes, flapping, flapping_since,
            notified, notified_at, last_check, last_reason, last_detail, last_elapsed,

@@ -41,7 +41,13 @@ MIB_FILE: Final = f"{MODULE}.txt"
 STATE_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "unknown": 3}
 
 #: Values of ``wdNotificationFlags``.
-FLAG_VALUES: Final[Mapping[str, int]] = {"normal": 1, "reminder": 2, "test": 3}
+FLAG_VALUES: Final[Mapping[str, int]] = {
+    "normal": 1,
+    "reminder": 2,
+    "test": 3,
+    "removed": 4,
+    "added": 5,
+}
 
 
 def reason_label(reason: Reason) -> str:

@@ -86,9 +86,10 @@ class Notifier:
         note: state.Notification,
         *,
         flags: str = "normal",
+        receivers: tuple[str, ...] | None = None,
         durable: bool = True,
     ) -> Message:
-        """Queue the notification for the service's receivers.
+        """Queue the notification for the service's receivers (or ``receivers``).
 
         ``durable`` (the default) writes it to the outbox: call it inside the
         transaction that saves the state. If that transaction fails, set
@@ -108,7 +109,8 @@ class Notifier:
             sequence=self._sequence(durable),
             flags="reminder" if note.reminder else flags,
         )
-        self.dispatcher.submit(message, svc.receivers, volatile=not durable)
+        targets = svc.receivers if receivers is None else receivers
+        self.dispatcher.submit(message, targets, volatile=not durable)
         return message
 
     def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
