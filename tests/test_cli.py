@@ -40,7 +40,7 @@ def test_check_config_lists_every_mistake_with_its_line_and_exits_2(tmp_path: Pa
     proc = watchdog(cfg, "check-config")
     assert proc.returncode == 2
     lines = proc.stdout.splitlines()
-    assert lines[0] == (f"{cfg}:2: defaults: unknown key 'intreval' (did you mean 'interval'?)")
+    assert lines[0] == f"{cfg}:2: defaults.intreval: unknown key (did you mean 'interval'?)"
     assert lines[1].startswith(f"{cfg}:3: defaults.fall: ")
     assert lines[2].startswith(f"{cfg}:7: services[0].port: ")
     assert any(ln.startswith(f"{cfg}:8: services[1].name: ") for ln in lines)

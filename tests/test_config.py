@@ -525,7 +525,7 @@ def test_several_mistakes_listed_in_line_order() -> None:
     # one of each pass: shape, YAML-level duplicate names, rules, references
     assert {problem.path for problem in problems} >= {
         "defaults.interval",
-        "services[0]",
+        "services[0].fal",
         "services[1].receivers[0]",
         "services[2].name",
     }

@@ -133,12 +133,13 @@ def format_path(path: KeyPath) -> str:
 
 
 def _unknown_key(key: str, allowed: Sequence[str]) -> str:
+    """The message for an unknown key; the problem's path already ends in the key."""
     hint = suggest(key, allowed)
     if hint:
-        return f"unknown key '{key}' (did you mean '{hint}'?)"
+        return f"unknown key (did you mean '{hint}'?)"
     if len(allowed) <= 8:
-        return f"unknown key '{key}' (known keys: {', '.join(allowed)})"
-    return f"unknown key '{key}'"
+        return f"unknown key (known keys: {', '.join(allowed)})"
+    return "unknown key"
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
@@ -237,8 +238,8 @@ class _Loader:
             allowed = tuple(inner.model_fields) if inner is not None else ()
             message = _unknown_key(key, allowed)
             if inner is Schedule and key in ServiceSection.model_fields:
-                message = f"'{key}' cannot be a default; set it in each service"
-            self.report(path[:-1], message, at=path)
+                message = "cannot be a default; set it in each service"
+            self.report(path, message)
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             self.report(path, f"expected a mapping, got {kind_of(error.get('input'))}")
         elif kind == "list_type":
@@ -277,8 +278,7 @@ class _Loader:
             if key not in SECTIONS:
                 hint = suggest(key, SECTIONS)
                 maybe = f"did you mean '{hint}'? " if hint else ""
-                message = f"unknown section '{key}' ({maybe}the sections are {_SECTION_LIST})"
-                self.report((), message, at=(key,))
+                self.report((key,), f"unknown section ({maybe}the sections are {_SECTION_LIST})")
 
         settings, weak_ok = self.settings(data.get("watchdog"))
         defaults = self.section(Schedule, data.get("defaults"), ("defaults",))
