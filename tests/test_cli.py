@@ -48,6 +48,21 @@ def test_check_config_lists_every_mistake_with_its_line_and_exits_2(tmp_path: Pa
     assert lines[-1] == f"{len(lines) - 1} problems in {cfg}"
 
 
+def test_check_config_prints_every_problem_of_every_receiver_and_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shape problem in a receiver or service hides none of its other mistakes."""
+    monkeypatch.delenv("WATCHDOG_TEST_UNSET", raising=False)
+    cfg = Path(__file__).parent / "config" / "invalid" / "every_problem.yaml"
+    expected = [
+        line.replace("FILE:", f"{cfg}:", 1).replace("DIR/", f"{cfg.parent}/")
+        for line in cfg.with_suffix(".errors").read_text().splitlines()
+    ]
+    proc = watchdog(cfg, "check-config")
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == [*expected, f"{len(expected)} problems in {cfg}"]
+
+
 def test_check_config_accepts_the_bundled_examples_shape(tmp_path: Path) -> None:
     cfg = tmp_path / "ok.yaml"
     cfg.write_text("services:\n  - {name: mail, host: 127.0.0.1, check: smtp}\n")

@@ -531,6 +531,42 @@ def test_several_mistakes_listed_in_line_order() -> None:
     }
 
 
+def test_a_receivers_shape_problem_hides_none_of_its_other_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WATCHDOG_TEST_UNSET", raising=False)
+    path = write(
+        tmp_path / "w.yaml",
+        "receivers:\n"
+        "  - name: nms\n"
+        "    host: 192.0.2.1\n"
+        "    community: ${WATCHDOG_TEST_UNSET}\n"
+        "    port: 162\n"
+        "    mode: trapp\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:4: receivers[0].community: environment variable WATCHDOG_TEST_UNSET is not set",
+        f"{path}:6: receivers[0].mode: expected trap or inform, got 'trapp'",
+    ]
+
+
+def test_a_misspelt_key_hides_none_of_a_services_other_problems(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n"
+        "  - name: app\n"
+        "    host: 10.0.0.7\n"
+        "    port: 7000\n"
+        "    retry_intreval: 5s\n"
+        "    expect: '^220 ('\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:5: services[0].retry_intreval: unknown key (did you mean 'retry_interval'?)",
+        f"{path}:6: services[0].expect: not a valid regular expression: "
+        "missing ), unterminated subpattern at position 5",
+    ]
+
+
 def test_problem_format() -> None:
     path = FIXTURES / "invalid" / "numbers.yaml"
     problem = load_config_problems(path)[0]
