@@ -72,6 +72,8 @@ _HOST_RE = re.compile(r"[^\s/\[\]@]{1,255}")
 _IDNA_DOTS = re.compile("[.\u3002\uff0e\uff61]")
 MAX_LABEL_OCTETS = 63
 MAX_NAME_OCTETS = 253
+#: Labels of 1 to 63 characters without a hyphen at either end, a trailing dot allowed.
+_ASCII_NAME_RE = re.compile(r"(?!-)[^.]{1,63}(?<!-)(?:\.(?!-)[^.]{1,63}(?<!-))*\.?")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -249,6 +251,8 @@ def parse_host(value: Any) -> str:
 
 def host_name_problem(name: str) -> str | None:
     """What makes ``name`` unusable as a DNS name (RFC 1035, IDNA 2003), or None."""
+    if name.isascii() and _fine_ascii_name(name):
+        return None
     shown = describe(name)
     labels = _IDNA_DOTS.split(name)
     if len(labels) > 1 and not labels[-1]:
@@ -277,6 +281,14 @@ def host_name_problem(name: str) -> str | None:
     except UnicodeError as exc:  # a rule of the codec not checked above
         return f"cannot encode {shown} with IDNA ({exc.__cause__ or exc})"
     return None
+
+
+def _fine_ascii_name(name: str) -> bool:
+    """The quick answer for the common case; ``host_name_problem`` says what is wrong."""
+    return (
+        len(name) - name.endswith(".") <= MAX_NAME_OCTETS
+        and _ASCII_NAME_RE.fullmatch(name) is not None
+    )
 
 
 def _ace_label(label: str) -> bytes:
