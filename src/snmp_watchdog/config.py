@@ -90,6 +90,7 @@ _RESTRICTED_KEYS = frozenset((*_CONVERSATION_KEYS, *_TLS_KEYS, *_HTTP_KEYS, "hel
 #: of them has a shape problem, checking the rest would only report consequences.
 _SERVICE_PIVOTS = frozenset(("", "check", "port", "tls", "expect_file"))
 _RECEIVER_PIVOTS = frozenset(("", "version"))
+_SECTION_PIVOTS = frozenset(("",))
 #: What stands in for a required key that has a shape problem while the rules
 #: across keys check the rest of its mapping; nothing is built from it.
 _STAND_INS: dict[tuple[type[BaseModel], str], str] = {
@@ -356,12 +357,13 @@ class _Loader:
         return sorted(unique, key=lambda problem: problem.line or 0)
 
     def section(self, model: type[_M], data: Any, at: KeyPath) -> _M | None:
+        """A top-level section; with shape problems, what is left of it (see ``salvage``)."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
             self.report(at, f"expected a mapping, got {kind_of(data)}")
             return None
-        return self.validate(model, data, at)
+        return self.salvage(model, data, at, _SECTION_PIVOTS)[0]
 
     def items(self, data: Any, at: KeyPath) -> list[Any]:
         if data is None:
