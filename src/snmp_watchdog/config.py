@@ -216,6 +216,8 @@ class _Loader:
         self.ca_files: dict[Path, str | None] = {}
         self.hostname: str | None = None
         self.receiver_names: list[str] = []
+        #: False when ``receivers:`` is not a list: its names are then unknown.
+        self.receivers_listed = True
         self.paths: dict[str, Path] = {}
 
     # --- reporting ---------------------------------------------------------
@@ -408,6 +410,7 @@ class _Loader:
     def receivers(self, data: Any, weak_ok: bool) -> tuple[Receiver, ...]:
         items = self.items(data, ("receivers",))
         self.receiver_names = self.check_duplicates(items, "receivers", "receiver")
+        self.receivers_listed = data is None or isinstance(data, list)
         out = []
         for index, item in enumerate(items):
             at = ("receivers", index)
@@ -554,7 +557,7 @@ class _Loader:
             if name in seen:
                 self.report((*at, index), f"receiver '{name}' is listed twice")
             seen.add(name)
-            if name not in known:
+            if name not in known and self.receivers_listed:
                 hint = suggest(name, known)
                 if hint:
                     extra = f" (did you mean '{hint}'?)"
