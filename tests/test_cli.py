@@ -40,12 +40,27 @@ def test_check_config_lists_every_mistake_with_its_line_and_exits_2(tmp_path: Pa
     proc = watchdog(cfg, "check-config")
     assert proc.returncode == 2
     lines = proc.stdout.splitlines()
-    assert lines[0] == (f"{cfg}:2: defaults: unknown key 'intreval' (did you mean 'interval'?)")
+    assert lines[0] == f"{cfg}:2: defaults.intreval: unknown key (did you mean 'interval'?)"
     assert lines[1].startswith(f"{cfg}:3: defaults.fall: ")
     assert lines[2].startswith(f"{cfg}:7: services[0].port: ")
     assert any(ln.startswith(f"{cfg}:8: services[1].name: ") for ln in lines)
     assert any(ln.startswith(f"{cfg}:11: services[1].receivers") for ln in lines)
     assert lines[-1] == f"{len(lines) - 1} problems in {cfg}"
+
+
+def test_check_config_prints_every_problem_of_every_receiver_and_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shape problem in a receiver or service hides none of its other mistakes."""
+    monkeypatch.delenv("WATCHDOG_TEST_UNSET", raising=False)
+    cfg = Path(__file__).parent / "config" / "invalid" / "every_problem.yaml"
+    expected = [
+        line.replace("FILE:", f"{cfg}:", 1).replace("DIR/", f"{cfg.parent}/")
+        for line in cfg.with_suffix(".errors").read_text().splitlines()
+    ]
+    proc = watchdog(cfg, "check-config")
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == [*expected, f"{len(expected)} problems in {cfg}"]
 
 
 def test_check_config_accepts_the_bundled_examples_shape(tmp_path: Path) -> None:

@@ -525,10 +525,46 @@ def test_several_mistakes_listed_in_line_order() -> None:
     # one of each pass: shape, YAML-level duplicate names, rules, references
     assert {problem.path for problem in problems} >= {
         "defaults.interval",
-        "services[0]",
+        "services[0].fal",
         "services[1].receivers[0]",
         "services[2].name",
     }
+
+
+def test_a_receivers_shape_problem_hides_none_of_its_other_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WATCHDOG_TEST_UNSET", raising=False)
+    path = write(
+        tmp_path / "w.yaml",
+        "receivers:\n"
+        "  - name: nms\n"
+        "    host: 192.0.2.1\n"
+        "    community: ${WATCHDOG_TEST_UNSET}\n"
+        "    port: 162\n"
+        "    mode: trapp\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:4: receivers[0].community: environment variable WATCHDOG_TEST_UNSET is not set",
+        f"{path}:6: receivers[0].mode: expected trap or inform, got 'trapp'",
+    ]
+
+
+def test_a_misspelt_key_hides_none_of_a_services_other_problems(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n"
+        "  - name: app\n"
+        "    host: 10.0.0.7\n"
+        "    port: 7000\n"
+        "    retry_intreval: 5s\n"
+        "    expect: '^220 ('\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:5: services[0].retry_intreval: unknown key (did you mean 'retry_interval'?)",
+        f"{path}:6: services[0].expect: not a valid regular expression: "
+        "missing ), unterminated subpattern at position 5",
+    ]
 
 
 def test_problem_format() -> None:
@@ -790,6 +826,84 @@ def test_version_spellings() -> None:
         "3",
         "3",
     ]
+
+
+# --- host names ----------------------------------------------------------------
+
+#: The longest label and name DNS allows: 63 and 253 octets.
+LABEL_63 = "a" * 63
+NAME_253 = ".".join(("a" * 63, "b" * 63, "c" * 63, "d" * 61))
+#: A label whose IDNA form (xn--...) is exactly 63 octets.
+IDN_LABEL_63 = "ü" * 57
+
+
+def service_with_host(tmp_path: Path, host: str) -> Path:
+    return write(
+        tmp_path / "w.yaml", f"services:\n  - name: a\n    host: '{host}'\n    check: ssh\n"
+    )
+
+
+def test_host_forms_load_as_written() -> None:
+    config = load_config(FIXTURES / "valid" / "hosts.yaml")
+    assert {r.name: r.host for r in config.receivers} == {
+        "v4": "192.0.2.1",
+        "v6": "2001:db8::162",
+        "fqdn": "nms.example.net.",
+    }
+    assert {s.name: s.host for s in config.services} == {
+        "mail": "mail.example.com.",
+        "idn": "bücher.example",
+        "ideographic-dots": "mail\u3002example\u3002com",
+        "underscore": "mail_1.internal",
+        "loopback6": "::1",
+        "scoped": "fe80::1%lo",
+        "single-label": "localhost",
+    }
+    assert config.services[1].server_name == "www.bücher.example"
+    # Name resolution and TLS encode names with the idna codec; each one can be.
+    for host in [*(r.host for r in config.receivers), *(s.host for s in config.services)]:
+        host.encode("idna")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        f"{LABEL_63}.example.com",
+        NAME_253,
+        f"{NAME_253}.",
+        f"{IDN_LABEL_63}.example",
+        ".".join((IDN_LABEL_63, "a" * 63, "b" * 63, "c" * 61)),
+    ],
+    ids=["label-63", "name-253", "name-253-fqdn", "idn-label-63", "idn-name-253"],
+)
+def test_longest_host_names_load(tmp_path: Path, host: str) -> None:
+    assert load_config(service_with_host(tmp_path, host)).services[0].host == host
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        (
+            f"{LABEL_63}a.example.com",
+            f"label '{'a' * 57}...' is 64 octets long, more than 63, in '{'a' * 57}...'",
+        ),
+        (
+            f"{IDN_LABEL_63}ü.example",
+            f"label '{IDN_LABEL_63}ü' is 64 octets long, more than 63, in '{IDN_LABEL_63[:57]}...'",
+        ),
+        (f"{NAME_253}d", f"'{'a' * 57}...' is 254 octets long, more than the 253 of a host name"),
+        (
+            ".".join((IDN_LABEL_63, "a" * 63, "b" * 63, "c" * 62)),
+            f"'{IDN_LABEL_63}...' is 254 octets long, more than the 253 of a host name",
+        ),
+        ("mail..example.com", "empty label in 'mail..example.com'"),
+        ("mail.example.com..", "empty label in 'mail.example.com..'"),
+    ],
+    ids=["label-64", "idn-label-64", "name-254", "idn-name-254", "empty-label", "two-dots-at-end"],
+)
+def test_host_names_too_long_or_empty(tmp_path: Path, host: str, message: str) -> None:
+    path = service_with_host(tmp_path, host)
+    assert problems_of(path) == [f"{path}:3: services[0].host: {message}"]
 
 
 # --- the default path --------------------------------------------------------

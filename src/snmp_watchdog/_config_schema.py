@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import difflib
+import encodings.idna
 import ipaddress
 import math
 import re
@@ -67,6 +68,12 @@ WEAK_PROTOCOLS = frozenset(("MD5", "DES"))
 
 _SPACE_RE = re.compile(r"\s")
 _HOST_RE = re.compile(r"[^\s/\[\]@]{1,255}")
+#: Dots that separate labels in an internationalised name (RFC 3490, section 3.1).
+_IDNA_DOTS = re.compile("[.\u3002\uff0e\uff61]")
+MAX_LABEL_OCTETS = 63
+MAX_NAME_OCTETS = 253
+#: Labels of 1 to 63 characters without a hyphen at either end, a trailing dot allowed.
+_ASCII_NAME_RE = re.compile(r"(?!-)[^.]{1,63}(?<!-)(?:\.(?!-)[^.]{1,63}(?<!-))*\.?")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -217,15 +224,81 @@ def parse_name(value: Any) -> str:
 
 
 def parse_host(value: Any) -> str:
-    """A host name or IP address literal; not resolved here (DNS is checked at check time)."""
+    """A host name or IP address literal; not resolved here (DNS is checked at check time).
+
+    A name must be one that name resolution and TLS can encode (they use the
+    ``idna`` codec): labels of 1 to 63 octets that do not start or end with a
+    hyphen, 253 octets in all, a trailing dot allowed.
+    """
     if isinstance(value, str) and value.count(":") == 1:
         raise fail(
             "expected a host name or IP address without a port or scheme "
             f"(the port goes in port:), got {describe(value)}"
         )
-    if isinstance(value, str) and _HOST_RE.fullmatch(value):
+    if not (isinstance(value, str) and _HOST_RE.fullmatch(value)):
+        raise fail(f"expected a host name or IP address, got {describe(value)}")
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise fail(f"expected an IPv6 address, got {describe(value)}") from None
         return value
-    raise fail(f"expected a host name or IP address, got {describe(value)}")
+    problem = host_name_problem(value)
+    if problem is not None:
+        raise fail(problem)
+    return value
+
+
+def host_name_problem(name: str) -> str | None:
+    """What makes ``name`` unusable as a DNS name (RFC 1035, IDNA 2003), or None."""
+    if name.isascii() and _fine_ascii_name(name):
+        return None
+    shown = describe(name)
+    labels = _IDNA_DOTS.split(name)
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # the trailing dot of a fully qualified name
+    total = len(labels) - 1
+    for label in labels:
+        try:
+            ace = _ace_label(label)
+        except UnicodeError as exc:
+            return f"cannot encode label {describe(label)} in {shown} with IDNA ({exc})"
+        if not ace:
+            return f"empty label in {shown}"
+        if len(ace) > MAX_LABEL_OCTETS:
+            return (
+                f"label {describe(label)} is {len(ace)} octets long, "
+                f"more than {MAX_LABEL_OCTETS}, in {shown}"
+            )
+        if label.startswith("-") or label.endswith("-"):
+            end = "starts" if label.startswith("-") else "ends"
+            return f"label {describe(label)} {end} with a hyphen in {shown}"
+        total += len(ace)
+    if total > MAX_NAME_OCTETS:
+        return f"{shown} is {total} octets long, more than the {MAX_NAME_OCTETS} of a host name"
+    try:
+        name.encode("idna")
+    except UnicodeError as exc:  # a rule of the codec not checked above
+        return f"cannot encode {shown} with IDNA ({exc.__cause__ or exc})"
+    return None
+
+
+def _fine_ascii_name(name: str) -> bool:
+    """The quick answer for the common case; ``host_name_problem`` says what is wrong."""
+    return (
+        len(name) - name.endswith(".") <= MAX_NAME_OCTETS
+        and _ASCII_NAME_RE.fullmatch(name) is not None
+    )
+
+
+def _ace_label(label: str) -> bytes:
+    """The ASCII form of one label, as the ``idna`` codec writes it."""
+    if label.isascii():
+        return label.encode("ascii")
+    prepared = encodings.idna.nameprep(label)
+    if prepared.isascii():
+        return prepared.encode("ascii")
+    return b"xn--" + prepared.encode("punycode")
 
 
 def parse_user(value: Any) -> str:
@@ -413,6 +486,7 @@ Bool = Annotated[bool | None, PlainValidator(parse_bool)]
 Name = Annotated[str, PlainValidator(parse_name)]
 Host = Annotated[str, PlainValidator(parse_host)]
 Word = Annotated[str | None, PlainValidator(parse_word)]
+HostName = Annotated[str | None, PlainValidator(parse_host)]
 User = Annotated[str | None, PlainValidator(parse_user)]
 Line = Annotated[str | None, PlainValidator(parse_line)]
 Regex = Annotated[str | None, PlainValidator(parse_regex)]
@@ -498,7 +572,7 @@ class ServiceSection(Schedule):
     helo: Word = None
     tls: Bool = None
     tls_verify: Bool = None
-    server_name: Word = None
+    server_name: HostName = None
     ca_file: PathText = None
     cert_warning: DurationOrZero = None
     path: HttpPath = None

@@ -212,9 +212,8 @@ class _Walker:
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in first_line:
-                self.problem(
-                    key_node, path, f"duplicate key '{key}' (first on line {first_line[key]})"
-                )
+                message = f"duplicate key (first on line {first_line[key]})"
+                self.problem(key_node, (*path, key), message)
                 continue
             first_line[key] = line
             key_path = (*path, key)

@@ -5,8 +5,10 @@ Three passes, in the manner of blackbox_exporter's ``config.go``:
 1. YAML to plain data, remembering the line of every key (``_yaml``). A
    syntax error stops here; duplicate keys are problems.
 2. Shape (``_config_schema``): every section, receiver and service is checked
-   by its pydantic model: unknown keys, types, ranges. A receiver or service
-   with a shape problem is left out of pass 3; the others are still checked.
+   by its pydantic model: unknown keys, types, ranges, host names. A receiver
+   or service with a shape problem goes on to pass 3 without the values that
+   have problems, so its other mistakes are found too; only a problem in a key
+   the rules depend on (``version``, ``check``, ...) leaves it out.
 3. Rules across keys: duplicate names, receivers that do not exist, keys that
    exclude each other or do not apply to the check kind, SNMP security rules;
    regexes are compiled, files are read, ``${VAR}`` secrets are resolved.
@@ -84,8 +86,21 @@ _HTTP_KINDS = (CheckKind.HTTP, CheckKind.HTTPS)
 _SCHEDULE_VALUES = frozenset(SCHEDULE_KEYS) - {"receivers"}
 _SECTION_LIST = f"{', '.join(SECTIONS[:-1])} and {SECTIONS[-1]}"
 _RESTRICTED_KEYS = frozenset((*_CONVERSATION_KEYS, *_TLS_KEYS, *_HTTP_KEYS, "helo", "tls"))
-#: Keys of a service that the rules across keys depend on (see ``_Loader.without``).
-_PIVOTAL_KEYS = frozenset(("", "name", "host", "check", "port", "tls", "expect_file"))
+#: Keys that the rules across keys depend on (see ``_Loader.salvage``): when one
+#: of them has a shape problem, checking the rest would only report consequences.
+_SERVICE_PIVOTS = frozenset(("", "check", "port", "tls", "expect_file"))
+_RECEIVER_PIVOTS = frozenset(("", "version"))
+_SECTION_PIVOTS = frozenset(("",))
+#: What stands in for a required key that has a shape problem while the rules
+#: across keys check the rest of its mapping; nothing is built from it.
+_STAND_INS: dict[tuple[type[BaseModel], str], str] = {
+    (ReceiverSection, "name"): "_",
+    (ReceiverSection, "host"): "invalid",
+    (ServiceSection, "name"): "_",
+    (ServiceSection, "host"): "invalid",
+    (AuthSection, "protocol"): "SHA",
+    (PrivSection, "protocol"): "AES128",
+}
 
 
 def default_config_path() -> Path:
@@ -133,12 +148,13 @@ def format_path(path: KeyPath) -> str:
 
 
 def _unknown_key(key: str, allowed: Sequence[str]) -> str:
+    """The message for an unknown key; the problem's path already ends in the key."""
     hint = suggest(key, allowed)
     if hint:
-        return f"unknown key '{key}' (did you mean '{hint}'?)"
+        return f"unknown key (did you mean '{hint}'?)"
     if len(allowed) <= 8:
-        return f"unknown key '{key}' (known keys: {', '.join(allowed)})"
-    return f"unknown key '{key}'"
+        return f"unknown key (known keys: {', '.join(allowed)})"
+    return "unknown key"
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
@@ -150,6 +166,31 @@ def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseMode
         info = current.model_fields.get(part)
         current = _find_model(info.annotation) if info is not None else None
     return current
+
+
+def _without(model: type[BaseModel], data: dict[str, Any], loc: Sequence[str | int]) -> bool:
+    """Take the value at ``loc`` out of ``data`` (copying the mappings on the way).
+
+    A required key gets its stand-in. False if that cannot be done: a problem
+    of the whole mapping, or a required key without a stand-in. Inside a list
+    the whole list is taken out.
+    """
+    if not loc or isinstance(loc[0], int):
+        return False
+    key = loc[0]
+    inner = _model_at(model, (key,))
+    value = data.get(key)
+    if len(loc) > 1 and inner is not None and isinstance(value, dict):
+        data[key] = inside = dict(value)
+        return _without(inner, inside, loc[1:])
+    data.pop(key, None)
+    info = model.model_fields.get(key)
+    if info is not None and info.is_required():
+        stand_in = _STAND_INS.get((model, key))
+        if stand_in is None:
+            return False
+        data[key] = stand_in
+    return True
 
 
 def _find_model(annotation: Any) -> type[BaseModel] | None:
@@ -175,6 +216,8 @@ class _Loader:
         self.ca_files: dict[Path, str | None] = {}
         self.hostname: str | None = None
         self.receiver_names: list[str] = []
+        #: False when ``receivers:`` is not a list: its names are then unknown.
+        self.receivers_listed = True
         self.paths: dict[str, Path] = {}
 
     # --- reporting ---------------------------------------------------------
@@ -189,16 +232,19 @@ class _Loader:
 
     def validate(self, model: type[_M], data: Any, at: KeyPath) -> _M | None:
         """``data`` checked by ``model``; None (and problems reported) if it does not fit."""
-        return self.validate_keys(model, data, at)[0]
+        return self.validate_all(model, data, at)[0]
 
-    def validate_keys(self, model: type[_M], data: Any, at: KeyPath) -> tuple[_M | None, set[str]]:
-        """Like ``validate``, and also the top keys (as meant) that have problems.
+    def validate_all(
+        self, model: type[_M], data: Any, at: KeyPath
+    ) -> tuple[_M | None, set[str], list[tuple[str | int, ...]]]:
+        """Like ``validate``, and also the top keys (as meant) that have problems
+        and where each problem is.
 
         An unknown key that looks like a misspelt required key stands for it:
         "missing required key" is not reported for that key as well.
         """
         try:
-            return model.model_validate(data), set()
+            return model.model_validate(data), set(), []
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False)
         meant: dict[tuple[str | int, ...], str] = {}
@@ -218,7 +264,28 @@ class _Loader:
             self.shape_problem(model, at, loc, kind, error)
             top = loc[0] if loc else ""
             bad.add(meant.get(loc, str(top)) if len(loc) == 1 else str(top))
-        return None, bad
+        return None, bad, [error["loc"] for error in errors]
+
+    def salvage(
+        self, model: type[_M], data: Any, at: KeyPath, pivots: frozenset[str]
+    ) -> tuple[_M | None, set[str]]:
+        """``data`` checked by ``model``; if it has shape problems, what is left of it.
+
+        What is left is the mapping without the values that have problems
+        (required ones replaced by a stand-in), so the rules across keys still
+        find every other mistake in it. It is None when one of ``pivots`` has a
+        problem: the rules would then only report consequences of it.
+        """
+        section, bad, locs = self.validate_all(model, data, at)
+        if section is not None or not isinstance(data, dict) or bad & pivots:
+            return section, bad
+        rest = dict(data)
+        if not all(_without(model, rest, loc) for loc in locs):
+            return None, bad
+        try:
+            return model.model_validate(rest), bad
+        except ValidationError:
+            return None, bad
 
     def shape_problem(
         self,
@@ -237,8 +304,8 @@ class _Loader:
             allowed = tuple(inner.model_fields) if inner is not None else ()
             message = _unknown_key(key, allowed)
             if inner is Schedule and key in ServiceSection.model_fields:
-                message = f"'{key}' cannot be a default; set it in each service"
-            self.report(path[:-1], message, at=path)
+                message = "cannot be a default; set it in each service"
+            self.report(path, message)
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             self.report(path, f"expected a mapping, got {kind_of(error.get('input'))}")
         elif kind == "list_type":
@@ -277,8 +344,7 @@ class _Loader:
             if key not in SECTIONS:
                 hint = suggest(key, SECTIONS)
                 maybe = f"did you mean '{hint}'? " if hint else ""
-                message = f"unknown section '{key}' ({maybe}the sections are {_SECTION_LIST})"
-                self.report((), message, at=(key,))
+                self.report((key,), f"unknown section ({maybe}the sections are {_SECTION_LIST})")
 
         settings, weak_ok = self.settings(data.get("watchdog"))
         defaults = self.section(Schedule, data.get("defaults"), ("defaults",))
@@ -293,12 +359,13 @@ class _Loader:
         return sorted(unique, key=lambda problem: problem.line or 0)
 
     def section(self, model: type[_M], data: Any, at: KeyPath) -> _M | None:
+        """A top-level section; with shape problems, what is left of it (see ``salvage``)."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
             self.report(at, f"expected a mapping, got {kind_of(data)}")
             return None
-        return self.validate(model, data, at)
+        return self.salvage(model, data, at, _SECTION_PIVOTS)[0]
 
     def items(self, data: Any, at: KeyPath) -> list[Any]:
         if data is None:
@@ -343,19 +410,25 @@ class _Loader:
     def receivers(self, data: Any, weak_ok: bool) -> tuple[Receiver, ...]:
         items = self.items(data, ("receivers",))
         self.receiver_names = self.check_duplicates(items, "receivers", "receiver")
+        self.receivers_listed = data is None or isinstance(data, list)
         out = []
         for index, item in enumerate(items):
             at = ("receivers", index)
-            section = self.validate(ReceiverSection, item, at)
+            section, bad = self.salvage(ReceiverSection, item, at, _RECEIVER_PIVOTS)
             if section is not None:
-                receiver = self.receiver(section, at, weak_ok)
-                if receiver is not None:
+                receiver = self.receiver(section, at, weak_ok, bad)
+                if receiver is not None and not bad:
                     out.append(receiver)
         return tuple(out)
 
-    def receiver(self, r: ReceiverSection, at: KeyPath, weak_ok: bool) -> Receiver | None:
+    def receiver(
+        self, r: ReceiverSection, at: KeyPath, weak_ok: bool, bad: set[str]
+    ) -> Receiver | None:
+        """The receiver; ``bad`` keys had shape problems and are left out of ``r``."""
         before = len(self.problems)
         written = r.model_fields_set
+        # A key with a shape problem was written: it is not missing.
+        given = written | bad
         version = r.version or "2c"
         values: dict[str, Any] = {"name": r.name, "host": r.host, "version": version}
         for key in ("port", "mode", "user", "source", "timeout", "give_up_after"):
@@ -368,7 +441,7 @@ class _Loader:
             for key in ("user", "auth", "priv"):
                 if key in written:
                     self.report((*at, key), f"applies only to version 3, not {version}")
-            if r.community is None and r.community_file is None:
+            if not given & {"community", "community_file"}:
                 self.report(at, f"missing community or community_file (SNMPv{version} needs one)")
             values["community"] = self.secret(
                 at, "community", r.community, r.community_file, minimum=1
@@ -377,9 +450,9 @@ class _Loader:
             for key in ("community", "community_file"):
                 if key in written:
                     self.report((*at, key), "applies only to versions 1 and 2c, not 3")
-            if r.user is None:
+            if "user" not in given:
                 self.report(at, "missing required key 'user' (SNMPv3 needs a user name)")
-            if r.priv is not None and r.auth is None:
+            if r.priv is not None and "auth" not in given:
                 self.report((*at, "priv"), "privacy needs authentication too: add auth")
             values["auth"] = self.usm_key(r.auth, (*at, "auth"), weak_ok)
             values["priv"] = self.usm_key(r.priv, (*at, "priv"), weak_ok)
@@ -468,30 +541,13 @@ class _Loader:
         out = []
         for index, item in enumerate(items):
             at = ("services", index)
-            section, bad = self.validate_keys(ServiceSection, item, at)
-            if section is None:
-                section = self.without(item, bad)
+            section, bad = self.salvage(ServiceSection, item, at, _SERVICE_PIVOTS)
             if section is None:
                 continue
-            service = self.service(section, at, inherited, default_receivers, known)
-            if service is not None:
+            service = self.service(section, at, inherited, default_receivers, known, bad=bad)
+            if service is not None and not bad:
                 out.append(service)
         return tuple(out)
-
-    def without(self, item: Any, bad: set[str]) -> ServiceSection | None:
-        """The service without its keys that have shape problems, if checking it is useful.
-
-        The rules across keys still find mistakes in the rest of the service,
-        unless a key they depend on is one of the bad ones: then they would
-        only report consequences of the shape problem, so the service is left
-        out.
-        """
-        if not isinstance(item, dict) or bad & _PIVOTAL_KEYS:
-            return None
-        try:
-            return ServiceSection.model_validate({k: v for k, v in item.items() if k not in bad})
-        except ValidationError:
-            return None
 
     def check_receivers(self, at: KeyPath, names: list[str], known: list[str]) -> None:
         if not names:
@@ -501,7 +557,7 @@ class _Loader:
             if name in seen:
                 self.report((*at, index), f"receiver '{name}' is listed twice")
             seen.add(name)
-            if name not in known:
+            if name not in known and self.receivers_listed:
                 hint = suggest(name, known)
                 if hint:
                     extra = f" (did you mean '{hint}'?)"
@@ -518,7 +574,10 @@ class _Loader:
         inherited: dict[str, Any],
         default_receivers: tuple[str, ...],
         known: list[str],
+        *,
+        bad: set[str],
     ) -> Service | None:
+        """The service; ``bad`` keys had shape problems and are left out of ``s``."""
         before = len(self.problems)
         written = s.model_fields_set
         kind = s.check or CheckKind.TCP
@@ -540,7 +599,7 @@ class _Loader:
             self.report(at, "missing required key 'port' (check: tcp has no default port)")
 
         if kind is CheckKind.TCP:
-            self.conversation(s, at, written, values)
+            self.conversation(s, at, written, values, "name" not in bad)
         if kind is CheckKind.SMTP:
             values["helo"] = s.helo if s.helo is not None else self.local_hostname()
         values["tls"] = kind in _ALWAYS_TLS or bool(s.tls)
@@ -581,9 +640,17 @@ class _Loader:
             self.report((*at, key), f"applies only to check: http or https, not {kind.value}")
 
     def conversation(
-        self, s: ServiceSection, at: KeyPath, written: set[str], values: dict[str, Any]
+        self,
+        s: ServiceSection,
+        at: KeyPath,
+        written: set[str],
+        values: dict[str, Any],
+        named: bool,
     ) -> None:
-        """The netcat-like conversation of a tcp check: dialogue, files, ignore."""
+        """The netcat-like conversation of a tcp check: dialogue, files, ignore.
+
+        ``named``: the service's name is the one written (not a stand-in).
+        """
         for first, second in (("send", "send_file"), ("expect", "expect_file")):
             if first in written and second in written:
                 self.report((*at, second), f"{first} and {second} exclude each other; keep one")
@@ -604,7 +671,7 @@ class _Loader:
             values["send_data"] = self.read((*at, "send_file"), s.send_file)
         if s.expect_file is not None:
             values["expect_file"] = self.resolve_path(s.expect_file)
-            values["expect_answer"] = self.expect_answer((*at, "expect_file"), s)
+            values["expect_answer"] = self.expect_answer((*at, "expect_file"), s, named)
         if s.ignore is not None:
             if s.expect_file is None:
                 self.report(
@@ -633,14 +700,15 @@ class _Loader:
                 out.append(Step(expect=self.regex((*where, "expect"), step.expect)))
         return tuple(out)
 
-    def expect_answer(self, at: KeyPath, s: ServiceSection) -> bytes | None:
+    def expect_answer(self, at: KeyPath, s: ServiceSection, named: bool) -> bytes | None:
         assert s.expect_file is not None
         path = self.resolve_path(s.expect_file)
+        name = s.name if named else "SERVICE"
         answer = self.read(
             at,
             s.expect_file,
             missing_ok=self.allow_missing_expect,
-            hint=f"run 'watchdog record {s.name}' to save the good answer",
+            hint=f"run 'watchdog record {name}' to save the good answer",
         )
         if answer is not None and len(answer) > MAX_READ:
             self.report(
