@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -206,7 +207,10 @@ services:
         stop.set()
         reader.join(5)
     assert not reader.is_alive()
-    assert set(seen) == {"0\n", "1\n"}, seen
+    # Whole lines only. Mostly 0 and 1 (refused); a stop landing in the middle of a
+    # check makes that one a reset or a timeout, which is a whole line too.
+    assert {"0\n", "1\n"} <= set(seen), seen
+    assert all(re.fullmatch(r"\d+\n", content) for content in seen), seen
     assert sum(seen.values()) > 100, seen
     assert sorted(os.listdir(status_dir)) == ["mail"]  # no temporary file left, none for unknown
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
