@@ -457,6 +457,7 @@ def test_a_replaced_ca_file_is_used_at_the_next_check(
         shutil.copy(other_pki.ca_file, tmp_path / "new.pem")
         os.replace(tmp_path / "new.pem", ca_file)
     else:
+        time.sleep(0.02)  # a moment later: file times advance by clock ticks, not nanoseconds
         ca_file.write_bytes(other_pki.ca_file.read_bytes())
     result = check_kind(kind, pki.valid, ca_file)
     assert result.reason is Reason.TLS
