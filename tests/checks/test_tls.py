@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from snmp_watchdog import model
-from snmp_watchdog.checks import run_check, tls
+from snmp_watchdog.checks import _net, run_check
 from snmp_watchdog.checks.tls import Certificate, certificate_verdict
 from snmp_watchdog.exceptions import LocalProblem
 from snmp_watchdog.reasons import Reason
@@ -302,7 +302,7 @@ def test_a_server_that_ignores_close_notify_does_not_hold_the_verdict(pki: Pki) 
             thread.join(3)
     assert result.ok
     assert result.elapsed < 0.2
-    assert time.monotonic() - began < tls.CLOSE_GRACE + 0.3
+    assert time.monotonic() - began < _net.CLOSE_GRACE + 0.3
 
 
 @pytest.mark.parametrize("kind", ["tls", "https"])
@@ -326,9 +326,9 @@ def test_a_verdict_reached_is_kept_when_the_close_outlasts_the_deadline(
 
     async def main(port: int) -> tuple[CheckResult, set[asyncio.Task[Any]]]:
         svc = kind_service(kind, port, pki.ca_file, timeout=0.3)
-        assert svc.timeout < tls.CLOSE_GRACE
+        assert svc.timeout < _net.CLOSE_GRACE
         result = await run(svc)
-        await asyncio.sleep(tls.CLOSE_GRACE + 0.2)
+        await asyncio.sleep(_net.CLOSE_GRACE + 0.2)
         return result, asyncio.all_tasks() - {asyncio.current_task()}
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -349,13 +349,13 @@ def test_a_verdict_reached_is_kept_when_the_close_outlasts_the_deadline(
 
 def test_contexts_are_built_once_per_ca_file_and_verify_setting(pki: Pki) -> None:
     one = service(1, pki.ca_file)
-    assert tls.client_context(one) is tls.client_context(dataclasses.replace(one, port=2))
-    unverified = tls.client_context(dataclasses.replace(one, tls_verify=False))
-    assert unverified is not tls.client_context(one)
+    assert _net.client_context(one) is _net.client_context(dataclasses.replace(one, port=2))
+    unverified = _net.client_context(dataclasses.replace(one, tls_verify=False))
+    assert unverified is not _net.client_context(one)
     assert unverified.verify_mode is ssl.CERT_NONE
     assert not unverified.check_hostname
-    assert tls.client_context(one).verify_mode is ssl.CERT_REQUIRED
-    assert tls.client_context(one).minimum_version is ssl.TLSVersion.TLSv1_2
+    assert _net.client_context(one).verify_mode is ssl.CERT_REQUIRED
+    assert _net.client_context(one).minimum_version is ssl.TLSVersion.TLSv1_2
 
 
 def test_every_context_is_tls_1_2_at_least_and_ignores_ca_file_when_not_verifying(
@@ -369,9 +369,9 @@ def test_every_context_is_tls_1_2_at_least_and_ignores_ca_file_when_not_verifyin
         service(1, gone, tls_verify=False),
         service(1, pki.ca_file, check=model.CheckKind.SMTP, tls=True),
     ):
-        assert tls.client_context(svc).minimum_version is ssl.TLSVersion.TLSv1_2
-    unverified = service(1, tls_verify=False)
-    assert tls.client_context(service(1, gone, tls_verify=False)) is tls.client_context(unverified)
+        assert _net.client_context(svc).minimum_version is ssl.TLSVersion.TLSv1_2
+    unverified = _net.client_context(service(1, tls_verify=False))
+    assert _net.client_context(service(1, gone, tls_verify=False)) is unverified
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ Rules:
   certificate and closes with a close_notify. It sends no application data.
 - At most ``MAX_READ`` + 1 bytes are read from a connection (``_BoundedStream``).
 - Connections are closed on every path: gracefully (close_notify, the peer
-  given at most ``CLOSE_GRACE`` in the background) once the verdict is known,
+  given at most ``_net.CLOSE_GRACE`` in the background) once the verdict is known,
   so the close never delays or changes the result; at once (abort) when the
   check fails with an exception or is cancelled by its deadline.
 - No timeouts of its own: the caller's single deadline bounds the check up to
@@ -44,11 +44,9 @@ from cryptography import x509
 
 from snmp_watchdog import model
 from snmp_watchdog.checks import _net
-from snmp_watchdog.checks._net import CLOSE_GRACE, client_context
+from snmp_watchdog.checks._net import client_context
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult, Transcript, reason_for_error
-
-__all__ = ["CLOSE_GRACE", "client_context"]
 
 
 class UnusableCertificate(ssl.SSLError):
