@@ -89,7 +89,9 @@ async def resolve(host: str, port: int) -> list[tuple[int, Address]]:
     except socket.gaierror:
         raise
     except UnicodeError as exc:
-        raise socket.gaierror(socket.EAI_NONAME, f"not a valid host name: {exc}") from exc
+        # "encoding with 'idna' codec failed (UnicodeError: label empty or too long)"
+        why = str(exc).rpartition("UnicodeError: ")[2].rstrip(")") or str(exc)
+        raise socket.gaierror(socket.EAI_NONAME, f"not a valid host name: {why}") from exc
     except OSError as exc:
         raise socket.gaierror(socket.EAI_FAIL, exc.strerror or str(exc)) from exc
     # AF_INET and AF_INET6 only: their addresses start with the host as text.
