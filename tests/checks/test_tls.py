@@ -407,14 +407,10 @@ def kind_service(kind: str, port: int, ca_file: Path | None, **options: Any) -> 
 
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Whatever the check asks over TLS: POP3 (greeting, QUIT), HTTP (GET) or nothing."""
-    writer.write(b"+OK ready\r\n")  # ignored by tls and https checks, which do not read it
+    """POP3 over TLS (greeting, QUIT), or nothing for the tls check."""
+    writer.write(b"+OK ready\r\n")  # the tls check reads nothing and ignores it
     await writer.drain()
-    line = await reader.readline()
-    if line.startswith(b"GET "):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    elif line.startswith(b"QUIT"):
+    if (await reader.readline()).startswith(b"QUIT"):
         writer.write(b"+OK bye\r\n")
     await writer.drain()
     await reader.read()
