@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a Debian machine, then run them:
-# Debian packages (Net-SNMP's snmptrapd/snmptranslate, smilint), the IETF base
+# Debian packages (Net-SNMP's snmptrapd/snmptranslate, smilint, strace to count
+# what a check reads), the IETF base
 # MIB texts, a virtualenv with the package and its test tools; then ruff,
 # mypy --strict and pytest (with the state machine's branch coverage at 100%).
 # Idempotent and quiet when everything is already there.
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmp smitools systemd
+ensure_debs snmptrapd snmp smitools systemd strace
 ensure_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"

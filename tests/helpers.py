@@ -173,6 +173,7 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and end open connections, as a server process that exits does."""
         if self._controller is not None:
             self._controller.stop()
             self._controller = None

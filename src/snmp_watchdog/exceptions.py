@@ -33,3 +33,8 @@ class ConfigError(WatchdogError):
 
 class UsageError(WatchdogError):
     """A command was called with arguments that cannot work (exit code 2)."""
+
+
+class LocalProblem(WatchdogError):
+    """A check could not be run because of a problem on this machine (a CA file
+    that cannot be read), not of the service: there is no verdict on the service."""

@@ -15,7 +15,8 @@ Rules:
 - Every check result goes through the pure state machine; its notifications are
   handed to ``on_notification``, after ``on_result`` has seen the result, the
   new state and the same notifications (a persistent caller saves them together).
-  The scheduler itself decides nothing about up and down.
+  The scheduler itself decides nothing about up and down. A check that raises
+  ``LocalProblem`` has no verdict: the state stays as it was.
 - ``progress`` is the monotonic time of the last dispatcher pass or finished
   check: a supervisor's keep-alive is sent only while it moves.
 """
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from snmp_watchdog import state
+from snmp_watchdog.exceptions import LocalProblem
 from snmp_watchdog.model import Service
 from snmp_watchdog.result import CheckResult
 
@@ -195,6 +197,11 @@ class Scheduler:
             result = await self._check(svc)
         except asyncio.CancelledError:
             raise
+        except LocalProblem:
+            # No verdict (a CA file here cannot be used; the check logged it): the
+            # service keeps its state, and is checked again at the next interval.
+            self._push(slot, started + svc.interval)
+            return
         except Exception:
             # A bug in a check, not a verdict on the service: say so loudly, keep
             # the service's state as it was, and try again at the next interval.

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import dataclasses
 import re
+import socket
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from socketserver import TCPServer
 from typing import Any
 
@@ -388,6 +391,84 @@ def test_an_endless_head_is_too_large() -> None:
 
 def test_nothing_listening_is_refused() -> None:
     assert check(service(free_tcp_port())).reason is Reason.REFUSED
+
+
+ENDLESS = {
+    "body": (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"x" * 65536),
+    "head": (b"HTTP/1.1 200 OK\r\n", b"X-Filler: " + b"y" * 1000 + b"\r\n"),
+}
+
+
+@contextlib.contextmanager
+def endless_server(prefix: bytes, chunk: bytes) -> Iterator[int]:
+    """A plain TCP server (a thread) that answers any request with ``prefix`` and then
+    ``chunk`` again and again, as fast as the client takes it, until the client goes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                try:
+                    conn.recv(4096)
+                    conn.sendall(prefix)
+                    while not stop.is_set():
+                        conn.sendall(chunk)
+                except OSError:
+                    pass  # the client went: what it did not read is its business
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def bytes_received(trace: Path, port: int) -> int:
+    """What the traced process received on its connection to ``port`` (``strace -yy -ff``)."""
+    connection = re.compile(rf"^(?:read|recvfrom|recvmsg)\(\d+<TCP:\[[^]]*->127\.0\.0\.1:{port}\]>")
+    total = 0
+    for path in trace.parent.glob(trace.name + ".*"):
+        for line in path.read_text(errors="replace").splitlines():
+            result = re.search(r"\) = (\d+)$", line)
+            if connection.match(line) and result:
+                total += int(result[1])
+    return total
+
+
+@pytest.mark.parametrize("what", ["body", "head"])
+def test_what_is_read_of_an_endless_answer_is_bounded(tmp_path: Path, what: str) -> None:
+    """The bound is on what leaves the kernel, counted system call by system call:
+    never more than 64 KiB (and the one byte that says "more"), not what a stream
+    buffer happens to hold before it pauses."""
+    with endless_server(*ENDLESS[what]) as port:
+        cfg = tmp_path / "w.yaml"
+        cfg.write_text(
+            "services:\n"
+            f"  - {{name: web, host: 127.0.0.1, port: {port}, check: http, body: never}}\n"
+        )
+        trace = tmp_path / "trace"
+        strace = ["strace", "-f", "-ff", "-qq", "-yy", "-e", "trace=read,recvfrom,recvmsg"]
+        probe = [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "probe", "web"]
+        proc = subprocess.run(
+            [*strace, "-o", str(trace), *probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("down: too_large: ")
+    received = bytes_received(trace, port)
+    assert model.MAX_READ // 2 < received <= model.MAX_READ + 1
 
 
 def test_transcript_holds_connect_request_and_response(web: WebServer) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
+import os
+import shutil
 import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,13 @@ from typing import Any
 import pytest
 
 from snmp_watchdog import model
-from snmp_watchdog.checks import run_check, tls
+from snmp_watchdog.checks import _net, run_check
 from snmp_watchdog.checks.tls import Certificate, certificate_verdict
+from snmp_watchdog.exceptions import LocalProblem
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult, Transcript
+from snmp_watchdog.scheduler import Scheduler
+from snmp_watchdog.state import State
 from tests.checks.certs import Pki, ServerCert, make_pki
 from tests.helpers import free_tcp_port
 
@@ -82,6 +88,10 @@ async def server(
     try:
         yield listener.sockets[0].getsockname()[1]
     finally:
+        # The check closes after its verdict, in the background: let that end first.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=2)
         listener.close()
         await listener.wait_closed()
         # Every connection ends when the check closes its side.
@@ -292,7 +302,46 @@ def test_a_server_that_ignores_close_notify_does_not_hold_the_verdict(pki: Pki) 
             thread.join(3)
     assert result.ok
     assert result.elapsed < 0.2
-    assert time.monotonic() - began < tls.CLOSE_GRACE + 0.3
+    assert time.monotonic() - began < _net.CLOSE_GRACE + 0.3
+
+
+@pytest.mark.parametrize("kind", ["tls", "https"])
+def test_a_verdict_reached_is_kept_when_the_close_outlasts_the_deadline(
+    pki: Pki, kind: str
+) -> None:
+    """A peer that never answers the close_notify cannot turn ``ok`` into ``timeout``,
+    even with a deadline shorter than CLOSE_GRACE; the close is still bounded."""
+    context = pki.valid.server_context()
+    release = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as stream:
+            if kind == "https":
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += stream.recv(4096)
+                stream.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            release.wait(5)  # neither reads nor closes
+
+    async def main(port: int) -> tuple[CheckResult, set[asyncio.Task[Any]]]:
+        svc = kind_service(kind, port, pki.ca_file, timeout=0.3)
+        assert svc.timeout < _net.CLOSE_GRACE
+        result = await run(svc)
+        await asyncio.sleep(_net.CLOSE_GRACE + 0.2)
+        return result, asyncio.all_tasks() - {asyncio.current_task()}
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,))
+        thread.start()
+        try:
+            result, left = asyncio.run(main(listener.getsockname()[1]))
+        finally:
+            release.set()
+            thread.join(3)
+    assert result.ok, result
+    assert result.elapsed < 0.3
+    assert left == set()  # nothing of the check outlives CLOSE_GRACE
 
 
 # --- contexts ---------------------------------------------------------------
@@ -300,20 +349,192 @@ def test_a_server_that_ignores_close_notify_does_not_hold_the_verdict(pki: Pki) 
 
 def test_contexts_are_built_once_per_ca_file_and_verify_setting(pki: Pki) -> None:
     one = service(1, pki.ca_file)
-    assert tls.client_context(one) is tls.client_context(dataclasses.replace(one, port=2))
-    unverified = tls.client_context(dataclasses.replace(one, tls_verify=False))
-    assert unverified is not tls.client_context(one)
+    assert _net.client_context(one) is _net.client_context(dataclasses.replace(one, port=2))
+    unverified = _net.client_context(dataclasses.replace(one, tls_verify=False))
+    assert unverified is not _net.client_context(one)
     assert unverified.verify_mode is ssl.CERT_NONE
     assert not unverified.check_hostname
-    assert tls.client_context(one).verify_mode is ssl.CERT_REQUIRED
-    assert tls.client_context(one).minimum_version is ssl.TLSVersion.TLSv1_2
+    assert _net.client_context(one).verify_mode is ssl.CERT_REQUIRED
+    assert _net.client_context(one).minimum_version is ssl.TLSVersion.TLSv1_2
 
 
-def test_clearing_contexts_reads_ca_files_again(pki: Pki) -> None:
-    one = service(1, pki.ca_file)
-    before = tls.client_context(one)
-    tls.clear_contexts()
-    assert tls.client_context(one) is not before
+def test_every_context_is_tls_1_2_at_least_and_ignores_ca_file_when_not_verifying(
+    pki: Pki, tmp_path: Path
+) -> None:
+    gone = tmp_path / "no-such-ca.pem"
+    for svc in (
+        service(1, pki.ca_file),
+        service(1),
+        service(1, tls_verify=False),
+        service(1, gone, tls_verify=False),
+        service(1, pki.ca_file, check=model.CheckKind.SMTP, tls=True),
+    ):
+        assert _net.client_context(svc).minimum_version is ssl.TLSVersion.TLSv1_2
+    unverified = _net.client_context(service(1, tls_verify=False))
+    assert _net.client_context(service(1, gone, tls_verify=False)) is unverified
+
+
+@contextlib.contextmanager
+def watchdog_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Capture what the watchdog logs (INFO and up), whatever its logger's settings."""
+    logger = logging.getLogger("snmp_watchdog")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # each record once, through this handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def logged(caplog: pytest.LogCaptureFixture, level: int = logging.ERROR) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+#: A TLS check of each family: the ``tls`` check, ``https`` and implicit TLS (pop3s).
+TLS_KINDS = ["tls", "https", "pop3s"]
+
+
+def kind_service(kind: str, port: int, ca_file: Path | None, **options: Any) -> model.Service:
+    if kind == "https":
+        return service(port, ca_file, check=model.CheckKind.HTTPS, **options)
+    if kind == "pop3s":
+        return service(port, ca_file, check=model.CheckKind.POP3, tls=True, **options)
+    return service(port, ca_file, **options)
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """POP3 over TLS (greeting, QUIT), or nothing for the tls check."""
+    writer.write(b"+OK ready\r\n")  # the tls check reads nothing and ignores it
+    await writer.drain()
+    if (await reader.readline()).startswith(b"QUIT"):
+        writer.write(b"+OK bye\r\n")
+    await writer.drain()
+    await reader.read()
+
+
+async def _answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    await reader.read()
+
+
+def handler_for(kind: str) -> Handler:
+    return _answer_http if kind == "https" else _answer
+
+
+def check_kind(kind: str, cert: ServerCert, ca_file: Path | None, **options: Any) -> CheckResult:
+    async def main() -> CheckResult:
+        async with server(cert.server_context(), handler_for(kind)) as port:
+            return await run(kind_service(kind, port, ca_file, **options))
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A second PKI: its CA does not know the first one's certificates."""
+    return make_pki(tmp_path_factory.mktemp("other-pki"))
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten"])
+@pytest.mark.parametrize("kind", TLS_KINDS)
+def test_a_replaced_ca_file_is_used_at_the_next_check(
+    pki: Pki, other_pki: Pki, tmp_path: Path, kind: str, how: str
+) -> None:
+    ca_file = tmp_path / "bundle.pem"
+    shutil.copy(pki.ca_file, ca_file)
+    assert check_kind(kind, pki.valid, ca_file).ok
+    if how == "renamed over":
+        shutil.copy(other_pki.ca_file, tmp_path / "new.pem")
+        os.replace(tmp_path / "new.pem", ca_file)
+    else:
+        time.sleep(0.02)  # a moment later: file times advance by clock ticks, not nanoseconds
+        ca_file.write_bytes(other_pki.ca_file.read_bytes())
+    result = check_kind(kind, pki.valid, ca_file)
+    assert result.reason is Reason.TLS
+    assert "certificate verify failed" in result.detail or "unable to get" in result.detail
+    assert check_kind(kind, other_pki.valid, ca_file).ok
+
+
+@pytest.mark.parametrize("kind", TLS_KINDS)
+def test_a_ca_file_gone_bad_is_logged_once_and_the_last_good_one_kept(
+    pki: Pki, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_file = tmp_path / "bundle.pem"
+    shutil.copy(pki.ca_file, ca_file)
+    with watchdog_logs(caplog):
+        assert check_kind(kind, pki.valid, ca_file).ok
+        ca_file.unlink()
+        assert check_kind(kind, pki.valid, ca_file).ok
+        assert check_kind(kind, pki.valid, ca_file).ok
+        assert logged(caplog) == [
+            f"configuration problem: ca_file {ca_file}: cannot read it: No such file or "
+            "directory; checks go on with the certificates read from it before"
+        ]
+        caplog.clear()
+        ca_file.write_text("not a certificate\n")
+        assert check_kind(kind, pki.valid, ca_file).ok
+        assert check_kind(kind, pki.valid, ca_file).ok
+        [line] = logged(caplog)
+        assert line.startswith(f"configuration problem: ca_file {ca_file}: cannot use it: ")
+        caplog.clear()
+        shutil.copy(pki.ca_file, ca_file)
+        assert check_kind(kind, pki.valid, ca_file).ok
+        assert logged(caplog) == []
+        assert logged(caplog, logging.INFO) == [f"ca_file {ca_file} is usable again"]
+
+
+@pytest.mark.parametrize("content", [None, b"", b"-----BEGIN CERTIFICATE-----\nnonsense\n"])
+@pytest.mark.parametrize("kind", TLS_KINDS)
+def test_a_ca_file_never_usable_gives_no_verdict(
+    pki: Pki, tmp_path: Path, kind: str, content: bytes | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_file = tmp_path / "bundle.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+    with watchdog_logs(caplog):
+        for _ in range(2):
+            with pytest.raises(LocalProblem, match=f"ca_file {ca_file}: cannot "):
+                check_kind(kind, pki.valid, ca_file)
+        [line] = logged(caplog)
+    assert line.startswith(f"configuration problem: ca_file {ca_file}: cannot ")
+    assert line.endswith("; services that use it are not checked until it is fixed")
+
+
+def test_without_a_verdict_the_service_keeps_its_state(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduler runs the real check; a CA file that never worked decides nothing."""
+    ca_file = tmp_path / "missing.pem"
+    results: list[CheckResult] = []
+
+    async def main() -> Scheduler:
+        async with server(pki.valid.server_context()) as port:
+            svc = dataclasses.replace(
+                service(port, ca_file), interval=0.05, retry_interval=0.05, jitter=0.0
+            )
+            sched = Scheduler(
+                [svc],
+                check=run_check,
+                on_result=lambda _svc, _state, result, _notes: results.append(result),
+            )
+            task = asyncio.create_task(sched.run())
+            await asyncio.sleep(0.4)
+            sched.stop()
+            await task
+            return sched
+
+    with watchdog_logs(caplog):
+        sched = asyncio.run(main())
+    assert results == []
+    assert sched.states()["web-tls"].state is State.UNKNOWN
+    assert len(logged(caplog)) == 1
+    assert "internal error" not in caplog.text
 
 
 # --- the verdict on dates (pure) ----------------------------------------------

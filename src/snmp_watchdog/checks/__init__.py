@@ -7,8 +7,10 @@ connect, TLS, the conversation and the close. When it passes the result is
 arrived (``no answer matching /^220/ within 5s; received 0 bytes``), except
 where a conversation defines the deadline otherwise (an ``expect`` that saw
 data that did not match, a ``send_file`` answer, a verdict already reached).
-Network errors become reasons through ``result.reason_for_error``; any other
-exception is a bug and propagates. Every result carries its reason, a detail
+Network errors become reasons through ``result.reason_for_error``; a
+resolution still running at the deadline is ``dns``. ``LocalProblem`` (a
+``ca_file`` that cannot be used) means no verdict at all and propagates, as
+does any other exception, which is a bug. Every result carries its reason, a detail
 for people and the time from the start of the check to its verdict
 (monotonic, seconds).
 

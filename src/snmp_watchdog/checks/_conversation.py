@@ -5,7 +5,8 @@ service. It is an asyncio protocol that keeps what the server sent in one
 buffer, and offers the few waits the checks need. Its rules:
 
 - **Connect.** A host that is an IP address is used as it is; a name is
-  resolved at check time (``loop.getaddrinfo``) and its addresses are tried in
+  resolved at check time (``_net.resolve``: any resolver failure, or the
+  deadline passing during it, is ``dns``) and its addresses are tried in
   order until one accepts; if none does, the last address's error is the
   check's error. With ``service.tls`` a TLS handshake follows at once
   (implicit TLS: smtps, pop3s, imaps, ftps), verified against the system CAs or
@@ -51,16 +52,22 @@ not format, copy or time anything it does not need.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 from snmp_watchdog.checks._format import printable, quote
+from snmp_watchdog.checks._net import (
+    Address,
+    client_context,
+    connected_socket,
+    literal_family,
+    resolve,
+    resolving,
+)
 from snmp_watchdog.model import MAX_READ, CheckKind, Service
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult, Transcript
@@ -73,8 +80,6 @@ Checker = Callable[[Service, Transcript | None], Awaitable[CheckResult]]
 #: ``ok`` result, or raises :class:`CheckFailed`.
 Body = Callable[["Conversation"], Awaitable[str]]
 
-#: A socket address of AF_INET or AF_INET6.
-_Address = tuple[str, int] | tuple[str, int, int, int]
 
 #: One byte more than may be read: its arrival means "too large".
 _LIMIT = MAX_READ + 1
@@ -126,36 +131,6 @@ def shown(pattern: re.Pattern[bytes]) -> str:
     return f"/{printable(pattern.pattern)}/"
 
 
-@functools.lru_cache(maxsize=4096)
-def _literal_family(host: str) -> int:
-    """The address family of an IP address literal, 0 for a name to resolve."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family
-    return 0
-
-
-@functools.lru_cache(maxsize=64)
-def _tls_context(verify: bool, ca_file: Path | None, ca_mtime: int) -> ssl.SSLContext:
-    """One client context per setting; a new ``ca_mtime`` (the file changed) makes a new one."""
-    if not verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
-def tls_context(service: Service) -> ssl.SSLContext:
-    """The client TLS context for ``service`` (``tls_verify``, ``ca_file``), shared by checks."""
-    ca_file = service.ca_file if service.tls_verify else None
-    mtime = ca_file.stat().st_mtime_ns if ca_file is not None else 0
-    return _tls_context(service.tls_verify, ca_file, mtime)
-
-
 class Conversation(asyncio.BufferedProtocol):
     """One connection of one check, and everything the server sent on it."""
 
@@ -198,7 +173,7 @@ class Conversation(asyncio.BufferedProtocol):
         self.wake_at = 0  # data does not wake the waiter before the buffer holds this much
         self.awaiting = _RESOLVE
         self.expected: object = None  # the pattern or Grammar awaited
-        self.target: _Address = ("", 0)  # the address being connected to
+        self.target: Address = ("", 0)  # the address being connected to
         self.verdict: CheckResult | None = None  # reached before a polite goodbye
         self.on_deadline: Callable[[], CheckResult] | None = None
 
@@ -307,17 +282,13 @@ class Conversation(asyncio.BufferedProtocol):
     async def open(self) -> None:
         """Resolve, connect and (with ``service.tls``) handshake."""
         service, loop = self.service, self.loop
-        family = _literal_family(service.host)
-        addresses: list[tuple[int, _Address]]
-        if family:
-            addresses = [(family, (service.host, service.port))]
-        else:
+        # A context first: a CA file that cannot be used stops the check before any I/O.
+        context = client_context(service) if service.tls else None
+        named = not literal_family(service.host)
+        if named:
             self.note(f"resolving {service.host}")
-            infos = await loop.getaddrinfo(
-                service.host, service.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-            # AF_INET and AF_INET6 only: their addresses start with the host as text.
-            addresses = [(info[0], cast(_Address, info[4])) for info in infos]
+        addresses = await resolve(service.host, service.port)
+        if named:
             self.note(f"{service.host} is {', '.join(str(a[1][0]) for a in addresses)}")
         self.awaiting = _CONNECT
         error: OSError | None = None
@@ -326,7 +297,7 @@ class Conversation(asyncio.BufferedProtocol):
             self.target = address
             try:
                 if service.tls:
-                    sock = await _connected_socket(loop, family, address)
+                    sock = await connected_socket(loop, family, address)
                 else:  # the loop's own path: uvloop connects without a Python socket
                     await loop.create_connection(lambda: self, address[0], address[1])
             except OSError as exc:
@@ -352,7 +323,7 @@ class Conversation(asyncio.BufferedProtocol):
         await loop.create_connection(
             lambda: self,
             sock=sock,
-            ssl=tls_context(service),
+            ssl=context,
             server_hostname=name,
             ssl_handshake_timeout=service.timeout,
             ssl_shutdown_timeout=service.timeout,
@@ -498,6 +469,7 @@ class Conversation(asyncio.BufferedProtocol):
         within = seconds(self.service.timeout)
         if self.awaiting == _RESOLVE:
             detail = f"{self.service.host} did not resolve within {within}"
+            return self.result(Reason.DNS, detail)
         elif self.awaiting == _CONNECT:
             detail = f"no connection to {_address(self.target)} within {within}"
         elif self.awaiting == _TLS:
@@ -537,26 +509,12 @@ class Conversation(asyncio.BufferedProtocol):
         await self.closed
 
 
-async def _connected_socket(
-    loop: asyncio.AbstractEventLoop, family: int, address: _Address
-) -> socket.socket:
-    """A socket connected to ``address`` (closed again if that fails or is cancelled)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        await loop.sock_connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _wake_future(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
-def _address(address: _Address) -> str:
+def _address(address: Address) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -583,6 +541,11 @@ def deadline_result(exc: TimeoutError, service: Service, elapsed: float) -> Chec
     conversation = vars(cause).get(_CARRIED) if cause is not None else None
     if isinstance(conversation, Conversation):
         return conversation.at_deadline()
+    host = resolving(cause)
+    if host is not None:
+        return CheckResult(
+            Reason.DNS, f"{host} did not resolve within {seconds(service.timeout)}", elapsed
+        )
     return CheckResult(Reason.TIMEOUT, f"no result within {seconds(service.timeout)}", elapsed)
 
 

@@ -2,10 +2,12 @@
 
 Rules:
 
-- Client contexts are built once per ``(ca_file, tls_verify)`` and cached:
-  ``ssl.create_default_context(cafile=ca_file)`` (the system trust store when
-  ``ca_file`` is unset), TLS 1.2 at least. ``tls_verify: false`` turns off the
-  chain and host name checks (``CERT_NONE``), nothing else.
+- Client contexts come from ``_net.client_context``, the one factory of every
+  check (TLS 1.2 at least, cached per ``(ca_file, tls_verify)``, the CA file
+  read again when it changes). ``tls_verify: false`` turns off the chain and
+  host name checks (``CERT_NONE``), nothing else.
+- Host names are resolved by ``_net.resolve`` (every resolver failure, and a
+  resolution cut by the deadline, is ``dns``); addresses are tried in order.
 - SNI and the host name check use ``server_name``, else ``host``.
 - A chain that does not verify, a wrong host name, a self-signed or an expired
   certificate (with verification on) fail the handshake: ``Reason.TLS`` with
@@ -17,35 +19,34 @@ Rules:
   rounded down.
 - The ``tls`` check connects, completes the handshake, reads the peer
   certificate and closes with a close_notify. It sends no application data.
-- Connections are closed on every path: gracefully (close_notify, waiting at
-  most ``CLOSE_GRACE`` for the peer) once the verdict is known, at once
-  (abort) when the check fails with an exception or is cancelled by its
-  deadline.
-- No timeouts of its own beyond that grace: the caller's single deadline
-  bounds the whole check; ``OSError`` and ``TimeoutError`` propagate to it.
+- At most ``MAX_READ`` + 1 bytes are read from a connection (``_BoundedStream``).
+- Connections are closed on every path: gracefully (close_notify, the peer
+  given at most ``_net.CLOSE_GRACE`` in the background) once the verdict is known,
+  so the close never delays or changes the result; at once (abort) when the
+  check fails with an exception or is cancelled by its deadline.
+- No timeouts of its own: the caller's single deadline bounds the check up to
+  its verdict; ``OSError`` and ``TimeoutError`` propagate to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 
 from snmp_watchdog import model
+from snmp_watchdog.checks import _net
+from snmp_watchdog.checks._net import client_context
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult, Transcript, reason_for_error
-
-#: Longest wait for the peer's close_notify once the verdict is known. It only
-#: delays freeing the connection, never the verdict.
-CLOSE_GRACE = 0.5
 
 
 class UnusableCertificate(ssl.SSLError):
@@ -69,26 +70,6 @@ class Stream:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     certificate: Certificate | None
-
-
-@functools.lru_cache(maxsize=64)
-def _context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def client_context(service: model.Service) -> ssl.SSLContext:
-    """The (cached, shared, never to be modified) client context for a service."""
-    return _context(service.ca_file, service.tls_verify)
-
-
-def clear_contexts() -> None:
-    """Forget cached contexts, so that CA files are read again (on reload)."""
-    _context.cache_clear()
 
 
 def server_name(service: model.Service) -> str:
@@ -126,21 +107,88 @@ def note(transcript: Transcript | None, start: float, text: str) -> None:
         transcript.add(time.monotonic() - start, "info", text.encode())
 
 
+class _BoundedStream(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
+    """A stream protocol that hands its reader at most ``budget`` bytes in all.
+
+    Data is read straight into a small buffer of its own, never more than
+    what is left of the budget; once that is spent, reading stops. So a check
+    holds at most ``MAX_READ`` + 1 bytes of an answer, whatever the server sends
+    (a plain ``StreamReader`` keeps reading up to twice its limit, in chunks as
+    large as the transport likes).
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, budget: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(reader, loop=loop)
+        self.left = budget
+        self.reading: asyncio.Transport | None = None  # the transport to pause
+        self._chunk = bytearray(min(budget, _CHUNK))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.reading = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = memoryview(self._chunk)
+        return view[: self.left] if self.left > 0 else view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.left <= 0:
+            return  # reading was paused; what a transport still delivers is dropped
+        self.left -= nbytes
+        self.data_received(bytes(self._chunk[:nbytes]))
+        if self.left <= 0 and self.reading is not None:
+            self.reading.pause_reading()
+
+
+#: Size of the buffer a connection reads into.
+_CHUNK = 16 * 1024
+
+
 @contextlib.asynccontextmanager
 async def connected(
     service: model.Service, *, use_tls: bool, start: float, transcript: Transcript | None
 ) -> AsyncIterator[Stream]:
-    """Connect (and handshake), yield the stream, and close it on the way out.
+    """Resolve, connect (and handshake), yield the stream, and close it on the way out.
 
     TLS is negotiated after the TCP connect, so the transcript shows both steps.
     Handshake failures raise ``ssl.SSLError`` (``UnusableCertificate`` when the
-    certificate cannot be read).
+    certificate cannot be read). At most ``MAX_READ`` + 1 bytes are ever read.
+    Once the caller has its verdict the close goes on in the background
+    (``close_after_verdict``): it cannot change the result or run into the deadline.
     """
-    reader, writer = await asyncio.open_connection(service.host, service.port, limit=model.MAX_READ)
+    context = client_context(service) if use_tls else None  # before any network I/O
+    loop = asyncio.get_running_loop()
+    addresses = await _net.resolve(service.host, service.port)
+    sock: socket.socket | None = None
+    error: OSError | None = None
+    for family, address in addresses:
+        try:
+            sock = await _net.connected_socket(loop, family, address)
+        except OSError as exc:
+            error = exc
+            note(transcript, start, f"connecting to {address[0]} port {address[1]}: {exc}")
+            continue
+        break
+    if sock is None:
+        assert error is not None
+        raise error
+    reader = asyncio.StreamReader(limit=model.MAX_READ + 1, loop=loop)
+    protocol = _BoundedStream(reader, model.MAX_READ + 1, loop)
+    try:
+        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     try:
         peer = writer.get_extra_info("peername")
         note(transcript, start, f"connected to {peer[0]} port {peer[1]}")
-        certificate = await _handshake(service, writer, start, transcript) if use_tls else None
+        certificate = None
+        if context is not None:
+            certificate = await _handshake(service, context, writer, start, transcript)
+            protocol.reading = cast(asyncio.Transport, writer.transport)
         stream = Stream(reader, writer, certificate)
     except BaseException:
         writer.transport.abort()
@@ -150,17 +198,23 @@ async def connected(
     except BaseException:
         stream.writer.transport.abort()
         raise
-    await _close(stream.writer)
+    transport = cast(asyncio.Transport, stream.writer.transport)
+    _net.close_after_verdict(transport, _closed(stream.writer))
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    await writer.wait_closed()
 
 
 async def _handshake(
     service: model.Service,
+    context: ssl.SSLContext,
     writer: asyncio.StreamWriter,
     start: float,
     transcript: Transcript | None,
 ) -> Certificate:
     try:
-        await writer.start_tls(client_context(service), server_hostname=server_name(service))
+        await writer.start_tls(context, server_hostname=server_name(service))
     except ssl.SSLError as exc:
         note(transcript, start, f"TLS handshake failed: {reason_for_error(exc)[1]}")
         raise
@@ -191,18 +245,6 @@ async def _handshake(
         f"notAfter {certificate.not_after:%Y-%m-%d %H:%M:%S} UTC",
     )
     return certificate
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close gracefully; the verdict is known, so errors on the way out do not count."""
-    writer.close()
-    try:
-        async with asyncio.timeout(CLOSE_GRACE):
-            await writer.wait_closed()
-    except TimeoutError:
-        writer.transport.abort()
-    except OSError:
-        pass  # reset or TLS alert while closing: the conversation was already judged
 
 
 def tls_failure(exc: ssl.SSLError, start: float) -> CheckResult:
