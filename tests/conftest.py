@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.dnsserver import DnsServer, running
 from tests.helpers import Daemon, SmtpServer, free_tcp_port
 from tests.snmptrapd import Snmptrapd
 
@@ -49,3 +50,14 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer(free_tcp_port())
     yield server
     server.stop()
+
+
+@pytest.fixture
+def dns(tmp_path: Path) -> Iterator[DnsServer]:
+    """A real DNS server on loopback port 53; ``dns.argv(cmd)`` runs ``cmd`` resolving through it.
+
+    See ``tests/dnsserver.py``.
+    """
+    directory = tmp_path / "dns"
+    directory.mkdir()
+    yield from running(directory)
