@@ -26,6 +26,7 @@ import pytest
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.state import ServiceState, State
 from snmp_watchdog.store import Store
+from tests.dnsserver import DnsServer
 from tests.helpers import (
     Daemon,
     SmtpServer,
@@ -448,4 +449,51 @@ def test_informs_of_a_receiver_removed_while_stopped_are_shown_then_discarded(
     data, plain = shown()
     assert data["unconfigured_pending"] == {}
     assert "no longer configured" not in plain
+    assert d.stop() == 0
+
+
+def test_the_file_of_the_last_sighup_wins_over_a_slower_earlier_reload(
+    tmp_path: Path,
+    snmptrapd: Callable[..., Snmptrapd],
+    smtp: SmtpServer,
+    dns: DnsServer,
+    daemons: list[Daemon],
+) -> None:
+    """Reload A waits for a receiver's name server; reload B, signalled later, must win."""
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    dns.hang("slow.test")
+    cfg = tmp_path / "watchdog.yaml"
+    state_dir, status_dir = tmp_path / "state", tmp_path / "status"
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port))
+    argv = [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "--log-level", "debug", "run"]
+    d = Daemon(None, argv=dns.argv(argv))
+    daemons.append(d)
+    d.wait_for(r"check mail: ok")
+
+    far = "  - {name: far, host: slow.test, port: 162, version: 2c, community: public}\n"
+    write(
+        cfg,
+        tmp_path,
+        receiver(trapd.port) + far,
+        service("mail", smtp.port) + service("a", smtp.port),
+    )
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"SIGHUP received: reloading", start=mark)
+    time.sleep(0.2)  # reload A is waiting for slow.test
+    write(cfg, tmp_path, receiver(trapd.port), service("mail", smtp.port) + service("b", smtp.port))
+    d.signal(signal.SIGHUP)
+    second = d.wait_for(
+        r"configuration reloaded",
+        start=d.wait_for(r"configuration reloaded", start=mark, timeout=30) + 1,
+        timeout=30,
+    )
+    wait_for_file(status_dir / "b", "0\n")
+    time.sleep(1.2)  # a flush of the states
+    assert not (status_dir / "a").exists()
+    assert set(stored(state_dir)) == {"mail", "b"}
+    assert "2 services" in d.lines[second]
+    assert not [ln for ln in d.lines[second:] if "check a:" in ln]
     assert d.stop() == 0
