@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 #: Slack allowed past a deadline on a loaded machine.
 SLACK = 0.25
+#: How much shorter than its deadline a check's own clock may find it: the
+#: deadline starts before the check notes its start time.
+EARLY = 0.005
 
 
 def run_bounded(coroutine: Awaitable[T], bound: float = 5.0) -> T:
