@@ -19,6 +19,9 @@ Rules (RFC 3411, RFC 3414 section 2.2):
   It starts again at 1 when the engine ID changes. A receiver that saw a higher
   value silently drops SNMPv3 traps, which is why it is not kept in a temporary
   directory. At its maximum (2147483647) it stays there, as RFC 3414 asks.
+* Both files are replaced atomically (a temporary file, fsynced, renamed over
+  the old one) and the directory is fsynced after the rename, so a power cut
+  leaves either the old value or the new one, never an older one or none.
 
 This module does file I/O only; it does not import pysnmp.
 """
@@ -141,3 +144,18 @@ def _write_private(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable: without this a power cut can undo it.
+
+    ``os.replace`` changes the directory, not the file: until the directory
+    itself is flushed, the file system may bring back the old name (an older
+    boots value: receivers would then drop SNMPv3 traps) or no file at all.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

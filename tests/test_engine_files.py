@@ -1,0 +1,62 @@
+"""The engine ID and boots files survive a power cut: renamed atomically, directory synced."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from snmp_watchdog.notify import engine as identity
+
+ENGINE_ID = bytes.fromhex("80001f88050102030405060708")
+
+
+def _watch_syncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record, in order, every rename and every fsync (of a file or a directory, by path)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file"
+        events.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_replace(src, dst)
+        events.append(("replace", os.fspath(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_engine_boots_rename_is_followed_by_a_sync_of_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "state"
+    identity.next_boots(state_dir, ENGINE_ID)
+    events = _watch_syncs(monkeypatch)
+
+    assert identity.next_boots(state_dir, ENGINE_ID) == 2
+
+    boots = str(state_dir / "engine-boots")
+    assert ("replace", boots) in events
+    after = events[events.index(("replace", boots)) :]
+    assert ("fsync dir", str(state_dir)) in after
+    assert identity.current_boots(state_dir, ENGINE_ID) == 2
+
+
+def test_a_new_engine_id_file_is_synced_with_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "state"
+    events = _watch_syncs(monkeypatch)
+
+    engine_id = identity.load_engine_id(state_dir, None)
+
+    saved = str(state_dir / "engine-id")
+    assert events.index(("replace", saved)) < events.index(("fsync dir", str(state_dir)))
+    assert events[0][0] == "fsync file"  # the content first, then the rename, then the directory
+    assert identity.load_engine_id(state_dir, None) == engine_id
