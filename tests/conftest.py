@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.dnsserver import dns
 from tests.helpers import Daemon, SmtpServer, free_tcp_port
 from tests.snmptrapd import Snmptrapd
+
+__all__ = ["dns"]  # a fixture: a real DNS server for subprocesses (tests/dnsserver.py)
 
 
 @pytest.fixture

@@ -64,7 +64,9 @@ This is the only module that drives pysnmp. Rules:
   ``state_dir``); pysnmp's own persistence under ``$TMPDIR/__pysnmp`` is not
   used.
 * ``snmpEngineTime`` is the number of whole seconds since the engine started,
-  on the monotonic clock (RFC 3414 section 2.2.1). pysnmp computes it from
+  on the monotonic clock (RFC 3414 section 2.2.1); a sender made with
+  ``count_boot=False`` (``watchdog test-trap``) takes the daemon's boots and
+  start, so receivers accept its traps while the daemon runs. pysnmp computes it from
   ``time.time()``: a wall clock stepped back by more than 150 s would make
   receivers drop our SNMPv3 traps as outside the time window until the clock
   caught up. The engine's own ``snmpEngineTime`` instance is replaced; the
@@ -283,9 +285,9 @@ class Sender:
         state_dir = self._settings.state_dir
         engine_id = identity.load_engine_id(state_dir, self._settings.engine_id)
         if self._count_boot:
-            boots = identity.next_boots(state_dir, engine_id)
-        else:
-            boots = max(identity.current_boots(state_dir, engine_id), 1)
+            boots, started = identity.start_engine(state_dir, engine_id)
+        else:  # beside the daemon: its boots and its engine time (see notify.engine)
+            boots, started = identity.join_engine(state_dir, engine_id)
         # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
         # boots are then set in the engine's own MIB instances, where USM reads them.
         snmp = SnmpEngine()
@@ -297,7 +299,7 @@ class Sender:
         snmp.snmpEngineID = engine_id_mib.syntax
         boots_mib.syntax = boots_mib.syntax.clone(boots)
         (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
-        time_mib.syntax = _EngineTime(int(time.monotonic()))
+        time_mib.syntax = _EngineTime(started)
         (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
         discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
         self._engine, self._engine_id, self._boots = snmp, engine_id, boots
