@@ -60,3 +60,33 @@ def test_a_new_engine_id_file_is_synced_with_its_directory(
     assert events.index(("replace", saved)) < events.index(("fsync dir", str(state_dir)))
     assert events[0][0] == "fsync file"  # the content first, then the rename, then the directory
     assert identity.load_engine_id(state_dir, None) == engine_id
+
+
+def test_a_one_off_sender_takes_the_daemons_boots_and_start(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    daemon = identity.start_engine(state_dir, ENGINE_ID)
+    assert identity.join_engine(state_dir, ENGINE_ID) == daemon
+    assert identity.join_engine(state_dir, ENGINE_ID) == daemon  # counts no start of its own
+    assert identity.start_engine(state_dir, ENGINE_ID)[0] == daemon[0] + 1
+
+
+def test_a_one_off_sender_counts_a_start_when_the_daemon_did_not_start_in_this_boot(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    boots_file = state_dir / "engine-boots"
+    # Another boot of the machine (its monotonic clock is gone), then the older format.
+    for saved in (f"0x{ENGINE_ID.hex()} 7 not-this-boot 12\n", f"0x{ENGINE_ID.hex()} 7\n"):
+        boots_file.write_text(saved)
+        boots, started = identity.join_engine(state_dir, ENGINE_ID)
+        assert boots == 8
+        assert identity.join_engine(state_dir, ENGINE_ID) == (boots, started)  # saved
+        # The daemon's next start counts above the one-off sender's.
+        assert identity.start_engine(state_dir, ENGINE_ID)[0] == 9
+
+
+def test_no_boots_saved_yet_is_a_first_start(tmp_path: Path) -> None:
+    boots, _started = identity.join_engine(tmp_path / "state", ENGINE_ID)
+    assert boots == 1
+    assert identity.current_boots(tmp_path / "state", ENGINE_ID) == 1

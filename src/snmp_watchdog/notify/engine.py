@@ -152,13 +152,19 @@ def join_engine(state_dir: Path, engine_id: bytes) -> tuple[int, int]:
     """Boots and monotonic start for a one-off sender beside the daemon (see the module).
 
     The daemon's, when it started in this boot of the machine; else a new
-    start, saved.
+    start, saved. When it cannot be saved (a state directory this user may
+    only read), the saved boots with a clock from now: such a trap may be
+    dropped, but a boots value the daemon does not know would make receivers
+    drop the daemon's own traps.
     """
     with _locked(state_dir):
         boots, started = _read(state_dir, engine_id)
         if boots > 0 and started is not None:
             return boots, started
-        return _start(state_dir, engine_id)
+        try:
+            return _start(state_dir, engine_id)
+        except OSError:
+            return max(boots, 1), int(time.monotonic())
 
 
 def current_boots(state_dir: Path, engine_id: bytes) -> int:
@@ -207,8 +213,13 @@ def _boot_id() -> str:
 
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / BOOTS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    """Hold the boots lock; without one where it cannot be made (a read-only state_dir)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / BOOTS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield  # nothing can be written there either
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
