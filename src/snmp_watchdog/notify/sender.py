@@ -64,13 +64,14 @@ This is the only module that drives pysnmp. Rules:
   ``state_dir``); pysnmp's own persistence under ``$TMPDIR/__pysnmp`` is not
   used.
 * ``snmpEngineTime`` is the number of whole seconds since the engine started,
-  on the monotonic clock (RFC 3414 section 2.2.1); a sender made with
-  ``count_boot=False`` (``watchdog test-trap``) takes the daemon's boots and
-  start, so receivers accept its traps while the daemon runs. pysnmp computes it from
+  on the monotonic clock (RFC 3414 section 2.2.1). pysnmp computes it from
   ``time.time()``: a wall clock stepped back by more than 150 s would make
   receivers drop our SNMPv3 traps as outside the time window until the clock
   caught up. The engine's own ``snmpEngineTime`` instance is replaced; the
   ``time`` module is left alone.
+* A sender made with ``count_boot=False`` (``watchdog test-trap``) takes the
+  daemon's boots and start (``notify.engine.join_engine``), so receivers
+  accept its SNMPv3 traps whether the daemon runs or not.
 """
 
 from __future__ import annotations
