@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.dnsserver import dns
+from tests.dnsserver import DnsServer, running
 from tests.helpers import Daemon, SmtpServer, free_tcp_port
 from tests.snmptrapd import Snmptrapd
-
-__all__ = ["dns"]  # a fixture: a real DNS server for subprocesses (tests/dnsserver.py)
 
 
 @pytest.fixture
@@ -52,3 +50,14 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer(free_tcp_port())
     yield server
     server.stop()
+
+
+@pytest.fixture
+def dns(tmp_path: Path) -> Iterator[DnsServer]:
+    """A real DNS server on loopback port 53; ``dns.argv(cmd)`` runs ``cmd`` resolving through it.
+
+    See ``tests/dnsserver.py``.
+    """
+    directory = tmp_path / "dns"
+    directory.mkdir()
+    yield from running(directory)
