@@ -14,7 +14,7 @@ Rules (RFC 3411, RFC 3414 section 2.2):
   sits), then format octet 5 ("octets, administratively assigned"), then 8
   random octets.
 * ``snmpEngineBoots`` counts the starts of the engine since its ID was set. It
-  lives in ``state_dir/engine-boots`` as ``<engine id in hex> <boots>``, is
+  lives in ``state_dir/engine-boots`` (with the engine's start, below), is
   incremented at every start and saved before the first notification leaves.
   It starts again at 1 when the engine ID changes. A receiver that saw a higher
   value silently drops SNMPv3 traps, which is why it is not kept in a temporary
