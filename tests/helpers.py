@@ -133,14 +133,42 @@ class SmtpServer:
     def start(self) -> SmtpServer:
         from aiosmtpd.controller import Controller  # noqa: PLC0415
 
-        self._controller = Controller(_Handler(), hostname="127.0.0.1", port=self.port)
+        class Tracked(Controller):
+            """Remembers each connection's protocol, so that stop() can end them."""
+
+            sessions: list[Any]
+
+            def factory(self) -> Any:
+                session = super().factory()  # type: ignore[no-untyped-call]
+                self.sessions.append(session)
+                return session
+
+        self._controller = Tracked(_Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.sessions = []
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+        """Stop listening and end open connections, as a server process that exits does.
+
+        aiosmtpd's own stop() halts its loop with connections still open (their
+        sockets are then only garbage-collected), so they are aborted first.
+        """
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        ended = threading.Event()
+
+        def abort_all() -> None:
+            for session in controller.sessions:
+                transport = getattr(session, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            controller.loop.call_soon(ended.set)  # after the aborts' own callbacks
+
+        controller.loop.call_soon_threadsafe(abort_all)
+        ended.wait(5)
+        controller.stop()
 
 
 def wait_for_file(path: Path, content: str, timeout: float = 5.0) -> None:
