@@ -371,9 +371,14 @@ class Sender:
         if target is None or target.receiver != receiver or target.stale:
             self._check(receiver)
             # asyncio.wait: neither our cancellation nor the lookup's reaches the other.
-            await asyncio.wait({self._look_up(receiver, announce=False)})
+            lookup = self._look_up(receiver, announce=False)
+            await asyncio.wait({lookup})
             if self._engine is None:
                 return _failed(receiver, _CLOSED)
+            if not lookup.cancelled() and lookup.exception() is not None:
+                raise RuntimeError(f"receiver {receiver.name}: lookup failed") from (
+                    lookup.exception()
+                )  # a bug, not a name that does not resolve: let it be seen
             target = self._targets.get(receiver.name)
             if target is None or target.receiver != receiver:
                 reason = self._broken.get(receiver.name, "not configured")
@@ -537,6 +542,7 @@ class Sender:
         task = asyncio.get_running_loop().create_task(
             self._configure(receiver, announce=announce), name=f"resolve {receiver.name}"
         )
+        task.add_done_callback(_log_bug)
         self._lookups[receiver.name] = (receiver, task)
         return task
 
@@ -552,7 +558,7 @@ class Sender:
                 family, ip = await self._resolve(receiver)
         except TimeoutError:
             failure = f"cannot resolve {receiver.host}: timed out"
-        except Exception as exc:  # gaierror, UnicodeError, ...: never fatal
+        except (OSError, ValueError) as exc:  # gaierror; UnicodeError for "a..b"; NUL bytes
             failure = f"cannot resolve {receiver.host}: {_describe(exc)}"
         async with self._configuring:
             if self._engine is None:
@@ -784,6 +790,12 @@ def _socket_reason(exc: OSError) -> str:
 
 def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _log_bug(task: asyncio.Task[None]) -> None:
+    """Log what a background lookup raised beyond what lookups are expected to raise."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed by an internal error", task.get_name(), exc_info=task.exception())
 
 
 def _describe(exc: Exception) -> str:
