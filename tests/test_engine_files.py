@@ -90,3 +90,23 @@ def test_no_boots_saved_yet_is_a_first_start(tmp_path: Path) -> None:
     boots, _started = identity.join_engine(tmp_path / "state", ENGINE_ID)
     assert boots == 1
     assert identity.current_boots(tmp_path / "state", ENGINE_ID) == 1
+
+
+def test_files_root_makes_belong_to_the_owner_of_the_state_directory(tmp_path: Path) -> None:
+    """``sudo watchdog test-trap`` beside a daemon running as another user (DynamicUser).
+
+    The tests run as root (as scripts/test.sh does).
+    """
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.chown(state_dir, 65534, 65534)
+
+    identity.load_engine_id(state_dir, None)
+    identity.join_engine(state_dir, ENGINE_ID)
+
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in state_dir.iterdir()}
+    assert owners == {
+        "engine-id": (65534, 65534),
+        "engine-boots": (65534, 65534),
+        "engine-boots.lock": (65534, 65534),
+    }

@@ -38,6 +38,9 @@ Rules (RFC 3411, RFC 3414 section 2.2):
 * Changes of the boots file are serialised by an ``flock`` on
   ``engine-boots.lock``, so a daemon and a ``test-trap`` starting together
   never count the same start twice.
+* Files made by root in a state directory owned by another user (the daemon
+  under systemd's ``DynamicUser``, ``sudo watchdog test-trap`` beside it) are
+  given to the directory's owner, so the daemon can still read them.
 * Both files are replaced atomically (a temporary file, fsynced, renamed over
   the old one) and the directory is fsynced after the rename, so a power cut
   leaves either the old value or the new one, never an older one or none.
@@ -221,6 +224,11 @@ def _locked(state_dir: Path) -> Iterator[None]:
         yield  # nothing can be written there either
         return
     try:
+        _owned_like_directory(fd, state_dir)
+    except OSError:
+        os.close(fd)
+        raise
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -233,12 +241,27 @@ def _write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        _owned_like_directory(fd, path.parent)
         os.write(fd, text.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_directory(path.parent)
+
+
+def _owned_like_directory(fd: int, directory: Path) -> None:
+    """Give a file made by root (``sudo watchdog test-trap``) to the state directory's owner.
+
+    The daemon may run as another user (systemd's ``DynamicUser``): a 0600
+    file owned by root would stop it from reading its own boots at its next
+    start.
+    """
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if (st.st_uid, st.st_gid) != (0, 0):
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 def fsync_directory(directory: Path) -> None:
