@@ -59,3 +59,20 @@ ensure_venv() {
         echo "$stamp" >.venv/.installed
     fi
 }
+
+# A second virtualenv, .venv-min, with every runtime dependency at the lowest
+# version pyproject.toml admits (pinned in constraints/minimum.txt), so that
+# those floors are tested, not guessed. Reinstalled only when either file changes.
+ensure_min_venv() {
+    local extras=$1
+    [ -x .venv-min/bin/python ] || quiet python3 -m venv .venv-min
+    local stamp
+    stamp="$(cat pyproject.toml constraints/minimum.txt | sha256sum | cut -c1-16)-$extras"
+    if [ "$(cat .venv-min/.installed 2>/dev/null)" != "$stamp" ]; then
+        echo "installing the oldest supported dependencies into .venv-min"
+        quiet .venv-min/bin/pip install --disable-pip-version-check -q --upgrade pip
+        quiet .venv-min/bin/pip install --disable-pip-version-check -q \
+            -c constraints/minimum.txt -e ".[$extras]"
+        echo "$stamp" >.venv-min/.installed
+    fi
+}

@@ -3,7 +3,9 @@
 # Debian packages (Net-SNMP's snmptrapd/snmptranslate, smilint, strace to count
 # what a check reads), the IETF base
 # MIB texts, a virtualenv with the package and its test tools; then ruff,
-# mypy --strict and pytest (with the state machine's branch coverage at 100%).
+# mypy --strict and pytest (with the state machine's branch coverage at 100%);
+# then the tests that exercise the runtime dependencies again, in .venv-min,
+# against the oldest versions pyproject.toml admits (constraints/minimum.txt).
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,7 @@ source scripts/setup.sh
 
 ensure_debs snmptrapd snmp smitools systemd strace
 ensure_venv test,fast
+ensure_min_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"
 
@@ -32,5 +35,17 @@ fi
     --show-missing --skip-covered >/dev/null || {
     .venv/bin/coverage report --include='*/snmp_watchdog/state.py' --show-missing
     echo "the state machine is not fully covered" >&2
+    exit 1
+}
+
+# The declared floors: everything that drives pysnmp, cryptography, tenacity,
+# PyYAML, pydantic and uvloop, with each at its lowest admitted version.
+[ "$#" -eq 0 ] || exit 0 # a selection of tests (-k ...) is for the main run only
+.venv-min/bin/pytest -q -p no:cacheprovider \
+    tests/test_sender.py tests/test_dispatcher.py tests/test_engine_files.py \
+    tests/test_config.py tests/config tests/test_cli.py \
+    tests/test_e2e_snmp.py tests/test_receiver_dns.py tests/test_restart.py \
+    tests/test_outage.py tests/test_daemon.py tests/test_reload.py || {
+    echo "the tests fail with the oldest dependencies of constraints/minimum.txt" >&2
     exit 1
 }

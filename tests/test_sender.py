@@ -206,7 +206,7 @@ def test_v2c_trap_carries_uptime_trap_oid_and_every_varbind(
 
     delivery, (got,) = run(scenario())
     assert delivery == Delivery("nms", True, False, None, None)
-    assert str(delivery) == "sent"
+    assert str(delivery) == "sent; traps are not acknowledged"
     assert (got.version, got.pdu, got.security_name) == ("2c", "TRAP2", "public")
     assert got.source[0] == "127.0.0.1"
     assert got.trap_oid == dotted(NOTIFICATION)
@@ -309,7 +309,8 @@ def test_v2c_inform_is_acknowledged_with_a_round_trip_time(
         sender = await started(tmp_path, [receiver])
         try:
             delivery = await sender.send(receiver, message())
-            return delivery, trapd.notifications
+            # snmptrapd answers before it prints: wait for its line.
+            return delivery, await trapd.wait_for_async(1)
         finally:
             await sender.close()
 
@@ -688,7 +689,7 @@ def test_engine_id_is_generated_once_kept_private_and_reused(
     assert second == first
     assert boots2 == boots1 + 1
     boots_file = tmp_path / "state" / "engine-boots"
-    assert boots_file.read_text() == f"0x{first.hex()} {boots2}\n"
+    assert boots_file.read_text().startswith(f"0x{first.hex()} {boots2} ")
     assert stat.S_IMODE(boots_file.stat().st_mode) == 0o600
     (got,) = trapd.wait_for(1)
     assert got.security_name == "wd"
@@ -946,3 +947,118 @@ def test_a_receiver_removed_by_a_reload_loses_its_queue(
     lines = [r.getMessage() for r in caplog.records]
     assert "receiver dead removed: 2 notification(s) for it dropped" in lines
     assert "test #3: no receiver named 'dead'" in lines
+
+
+# -- host names that do not resolve, workers that die ----------------------------------
+
+
+async def until_logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """Wait until a log record holds ``text``."""
+    for _ in range(1000):
+        if any(text in r.getMessage() for r in caplog.records):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing logged with {text!r}")
+
+
+def test_a_host_name_the_resolver_refuses_fails_only_its_own_sends(
+    tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    trapd = snmptrapd()
+    good = v2c(trapd, "good")
+    bad = v2c(trapd, "bad", host="mail..example.com")  # the IDNA codec raises UnicodeError
+
+    async def scenario() -> tuple[Delivery, Delivery]:
+        sender = await started(tmp_path, [bad, good])  # does not raise
+        try:
+            return await sender.send(bad, message(1)), await sender.send(good, message(2))
+        finally:
+            await sender.close()
+
+    with caplog.at_level(logging.WARNING, logger="snmp_watchdog"):
+        failed, sent = run(scenario())
+    assert failed.unsent
+    assert not failed.ok
+    assert failed.error is not None
+    assert failed.error.startswith("cannot resolve mail..example.com: not a valid host name")
+    assert sent.ok
+    (got,) = trapd.wait_for(1)
+    assert got.payload[f"{dotted(ROOT)}.1.10.0"].text == "2"
+    assert any(
+        r.getMessage().startswith("receiver bad: cannot resolve mail..example.com: ")
+        for r in caplog.records
+    )
+
+
+def test_a_trap_waits_in_its_queue_until_the_receiver_has_an_address(
+    tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    trapd = snmptrapd()
+    fixed = v2c(trapd, "nms")
+    broken = dataclasses.replace(fixed, host="nms..example.com")
+
+    async def scenario() -> tuple[int, int]:
+        sender = await started(tmp_path, [broken])
+        outbox = dispatcher(sender, [broken])
+        try:
+            outbox.submit(message(1), ["nms"])
+            await until_logged(caplog, "(attempt 3)")
+            waiting = outbox.pending("nms")
+            await outbox.reconfigure([fixed])  # the operator fixes the name
+            await outbox.drain(5)
+            return waiting, outbox.pending("nms")
+        finally:
+            await outbox.close()
+            await sender.close()
+
+    with caplog.at_level(logging.INFO, logger="snmp_watchdog.test"):
+        waiting, left = run(scenario())
+    assert (waiting, left) == (1, 0)
+    (got,) = trapd.wait_for(1)
+    assert got.pdu == "TRAP2"
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        line.startswith("test #1 to nms not sent (attempt 1): cannot resolve nms..example.com")
+        for line in lines
+    )
+    assert "test #1 sent to nms" in lines
+
+
+def test_a_worker_that_dies_is_logged_and_started_again(
+    tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    trapd = snmptrapd()
+    receiver = v2c(trapd, mode="inform")
+
+    async def scenario() -> tuple[int, int]:
+        # Not started yet: the worker's first send raises RuntimeError and kills it.
+        sender = Sender(settings(tmp_path), [receiver], started=time.monotonic())
+        outbox = Dispatcher(
+            sender, [receiver], log=logging.getLogger("snmp_watchdog.test"), restart_delay=0.2
+        )
+        try:
+            outbox.submit(message(1), ["nms"])
+            await until_logged(caplog, "internal error")
+            waiting = outbox.pending()
+            await sender.start()
+            await outbox.drain(5)
+            return waiting, outbox.pending()
+        finally:
+            await outbox.close()
+            await sender.close()
+
+    with caplog.at_level(logging.INFO, logger="snmp_watchdog.test"):
+        waiting, left = run(scenario())
+    assert (waiting, left) == (1, 0)
+    (got,) = trapd.wait_for(1)
+    assert got.pdu == "INFORM"
+    (died,) = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert died.levelno == logging.ERROR
+    assert died.getMessage() == (
+        "delivery to nms stopped by an internal error; 1 notification(s) wait, restarting it in 0 s"
+    )
+    assert died.exc_info is not None
+    assert isinstance(died.exc_info[1], RuntimeError)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "delivery to nms restarted" in messages
+    assert any(m.startswith("test #1 to nms acknowledged in ") for m in messages)

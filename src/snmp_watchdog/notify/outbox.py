@@ -9,13 +9,19 @@ Rules:
 * Per receiver, notifications leave in the order they were submitted: the
   worker finishes with the oldest (delivered, or given up) before it starts
   the next, so a receiver that pairs Down with Up sees them in order.
-* A trap is sent once; its outcome is logged.
+* A trap is sent once; its outcome is logged. A trap that could not leave
+  at all because the receiver has no address yet (``Delivery.unsent``: its
+  name does not resolve, or not yet) stays queued, in the outbox, and is
+  tried again like an inform.
 * An inform is sent until it is acknowledged or ``give_up_after`` has passed
   since it was submitted. Each attempt waits up to ``receiver.timeout``;
   between attempts the pause grows exponentially with random jitter
   (tenacity's ``wait_exponential_jitter``) up to ``backoff_max``. An attempt
   that would start after the deadline is not made. Every failed attempt is
   logged with its reason, and so is giving up.
+* A worker that dies of an unexpected exception (a bug, a library that
+  changed under us) is logged as an error with its traceback and started
+  again after ``restart_delay`` seconds: what it was delivering stays queued.
 * The receiver's current definition is read at every attempt, so a reload
   that changes its keys or address applies to notifications already queued.
   A receiver removed by a reload loses its queue (logged with the count).
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -144,6 +151,7 @@ class Dispatcher:
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
         backoff_jitter: float = 1.0,
+        restart_delay: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sender = sender
@@ -154,6 +162,9 @@ class Dispatcher:
         self._clock = clock
         self._queues: dict[str, PendingQueue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._restart_delay = restart_delay
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
         self._progress = asyncio.Event()  # set whenever a queue shrinks
 
     def submit(
@@ -207,6 +218,9 @@ class Dispatcher:
         await self._sender.reconfigure(receivers)
         self._receivers = {r.name: r for r in receivers}
         for name in [n for n in self._queues if n not in self._receivers]:
+            restart = self._restarts.pop(name, None)
+            if restart is not None:
+                restart.cancel()
             worker = self._workers.pop(name, None)
             if worker is not None:
                 worker.cancel()
@@ -220,6 +234,10 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop the workers (before closing the sender); what is queued stays queued."""
+        self._closed = True
+        for restart in self._restarts.values():
+            restart.cancel()
+        self._restarts.clear()
         workers = list(self._workers.values())
         self._workers.clear()
         for worker in workers:
@@ -229,19 +247,36 @@ class Dispatcher:
     # -- workers ------------------------------------------------------------
 
     def _ensure_worker(self, name: str) -> None:
+        if self._closed or name in self._restarts:
+            return  # a crashed worker comes back by itself after its delay
         worker = self._workers.get(name)
         if worker is None or worker.done():
             worker = asyncio.get_running_loop().create_task(self._work(name), name=f"notify {name}")
-            worker.add_done_callback(self._worker_done)
+            worker.add_done_callback(functools.partial(self._worker_done, name))
             self._workers[name] = worker
 
-    def _worker_done(self, worker: asyncio.Task[None]) -> None:
-        if not worker.cancelled() and worker.exception() is not None:
-            self._log.error(
-                "delivery stopped by an internal error in %s",
-                worker.get_name(),
-                exc_info=worker.exception(),
-            )
+    def _worker_done(self, name: str, worker: asyncio.Task[None]) -> None:
+        if worker.cancelled() or worker.exception() is None:
+            return
+        self._log.error(
+            "delivery to %s stopped by an internal error; %d notification(s) wait, "
+            "restarting it in %.0f s",
+            name,
+            len(self._queues[name]) if name in self._queues else 0,
+            self._restart_delay,
+            exc_info=worker.exception(),
+        )
+        if self._closed or self._workers.get(name) is not worker:
+            return
+        self._restarts[name] = asyncio.get_running_loop().call_later(
+            self._restart_delay, self._restart, name
+        )
+
+    def _restart(self, name: str) -> None:
+        self._restarts.pop(name, None)
+        if name in self._receivers and name in self._queues:
+            self._log.info("delivery to %s restarted", name)
+            self._ensure_worker(name)
 
     async def _work(self, name: str) -> None:
         queue = self._queues[name]
@@ -251,7 +286,7 @@ class Dispatcher:
             if receiver.mode == "inform" and receiver.version != "1":
                 await self._inform(item)
             else:
-                await self._trap(receiver, item)
+                await self._trap(item)
             queue.remove(item)
             self._progress.set()
             # A trap send and the queue's bookkeeping never suspend: without this,
@@ -259,34 +294,60 @@ class Dispatcher:
             # the whole burst had left.
             await asyncio.sleep(0)
 
-    async def _trap(self, receiver: model.Receiver, item: Pending) -> None:
-        delivery = await self._sender.send(receiver, item.message)
+    async def _trap(self, item: Pending) -> None:
+        delivery = await self._attempt(item)
+        if delivery.unsent:  # the receiver has no address yet: wait for it
+            retried = await self._retry(item, lambda d: d.unsent, first=delivery)
+            if retried is None:
+                return
+            delivery = retried
         if delivery.ok:
-            self._log.info("%s sent to %s", describe(item.message), receiver.name)
+            self._log.info("%s sent to %s", describe(item.message), item.receiver)
         else:
             self._log.warning(
-                "%s to %s failed: %s", describe(item.message), receiver.name, delivery.error
+                "%s to %s failed: %s", describe(item.message), item.receiver, delivery.error
             )
 
     async def _inform(self, item: Pending) -> None:
+        delivery = await self._retry(item, lambda d: d.error is not None)
+        if delivery is not None:
+            self._log.info("%s to %s %s", describe(item.message), item.receiver, delivery)
+
+    async def _retry(
+        self,
+        item: Pending,
+        again: Callable[[Delivery], bool],
+        first: Delivery | None = None,
+    ) -> Delivery | None:
+        """Attempts until ``again`` is false (that delivery) or the deadline (None: given up).
+
+        ``first``: the outcome of an attempt already made.
+        """
         multiplier, maximum, jitter = self._backoff
         deadline = item.submitted + self._receivers[item.receiver].give_up_after
         if self._clock() >= deadline:  # possible for a queue that survived a restart
             self._give_up(item, 0, "too old before the first attempt")
-            return
+            return None
+        made = [first] if first is not None else []
+
+        async def attempt(item: Pending) -> Delivery:
+            if made:
+                return made.pop()
+            return await self._attempt(item)
+
         retrying = AsyncRetrying(
-            retry=retry_if_result(lambda d: d.error is not None),
+            retry=retry_if_result(again),
             wait=wait_exponential_jitter(multiplier=multiplier, max=maximum, jitter=jitter),
             stop=_GiveUpAt(deadline, self._clock),
             before_sleep=lambda state: self._failed_attempt(item, state),
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        delivery: Delivery | None = await retrying(self._attempt, item)
-        if delivery is not None and delivery.error is None:
-            self._log.info("%s to %s %s", describe(item.message), item.receiver, delivery)
-            return
+        delivery: Delivery | None = await retrying(attempt, item)
+        if delivery is not None and not again(delivery):
+            return delivery
         attempts = retrying.statistics.get("attempt_number", 0)
         self._give_up(item, attempts, delivery.error if delivery is not None else "?")
+        return None
 
     def _give_up(self, item: Pending, attempts: int, error: str | None) -> None:
         self._log.error(
@@ -306,9 +367,10 @@ class Dispatcher:
         error = delivery.error if isinstance(delivery, Delivery) and delivery.error else "?"
         self._queues[item.receiver].failed(item, error)
         self._log.warning(
-            "%s to %s not acknowledged (attempt %d): %s; next attempt in %.1f s",
+            "%s to %s not %s (attempt %d): %s; next attempt in %.1f s",
             describe(item.message),
             item.receiver,
+            "sent" if isinstance(delivery, Delivery) and delivery.unsent else "acknowledged",
             state.attempt_number,
             delivery.error if isinstance(delivery, Delivery) else "?",
             state.upcoming_sleep,

@@ -46,10 +46,20 @@ This is the only module that drives pysnmp. Rules:
   localizing them to an engine ID is cheap.
 * Protocols are always given explicitly (pysnmp's defaults are MD5 and DES).
   MD5 and DES are refused unless ``allow_weak_crypto``.
-* Host names are resolved when a receiver is configured and again at the next
-  send after a failure; a receiver that cannot be resolved, or whose source
-  address cannot be bound, fails its sends with that reason instead of
-  stopping the sender.
+* Host names are resolved off the caller's path: ``start()`` and
+  ``reconfigure()`` start every receiver's lookup at once, in the background,
+  and return; a send waits for its own receiver's lookup only (at most
+  ``RESOLVE_TIMEOUT``), so a slow name server delays neither start-up nor any
+  other receiver. Whatever the resolver raises (``gaierror``, a
+  ``UnicodeError`` for a name such as ``mail..example.com``, any ``OSError``)
+  is a failure of that receiver, logged with its name: a receiver that
+  cannot be resolved, or whose source address cannot be bound, fails its
+  sends with that reason (``Delivery.unsent``: nothing left, try again later)
+  and is looked up again at its next send.
+* A resolved receiver is looked up again after ``REFRESH_AFTER_FAILURES``
+  consecutive timeouts or socket errors, or after ``REFRESH_AFTER`` seconds
+  of them, so a receiver whose address changed is found at its new one; a
+  lookup that fails then keeps the old address.
 * The engine ID and ``snmpEngineBoots`` come from ``notify.engine`` (kept in
   ``state_dir``); pysnmp's own persistence under ``$TMPDIR/__pysnmp`` is not
   used.
@@ -59,12 +69,16 @@ This is the only module that drives pysnmp. Rules:
   receivers drop our SNMPv3 traps as outside the time window until the clock
   caught up. The engine's own ``snmpEngineTime`` instance is replaced; the
   ``time`` module is left alone.
+* A sender made with ``count_boot=False`` (``watchdog test-trap``) takes the
+  daemon's boots and start (``notify.engine.join_engine``), so receivers
+  accept its SNMPv3 traps whether the daemon runs or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -130,6 +144,12 @@ ANY_IPV4 = "0.0.0.0"  # noqa: S104
 MAX_ENGINE_TIME = 2147483647
 #: Longest wait for a receiver's host name to resolve.
 RESOLVE_TIMEOUT = 10.0
+#: A receiver's name is looked up again after this many timeouts or socket errors in a row...
+REFRESH_AFTER_FAILURES = 3
+#: ... or after it has been failing that way for this many seconds.
+REFRESH_AFTER = 60.0
+
+log = logging.getLogger("snmp_watchdog")
 _CLOSED = "sender closed"
 _CLOSED_MARK = object()  # the indication of an inform cut short by close()
 
@@ -141,7 +161,9 @@ class Delivery:
     A trap: ``ok`` and not ``acknowledged`` once it left (or ``error`` for a
     local failure). An inform: ``acknowledged`` with the round-trip time in
     seconds, or ``error`` with the reason ("timeout", "wrong digest (auth
-    key?)", "unknown user", ...).
+    key?)", "unknown user", ...). ``unsent``: nothing left because the
+    receiver has no usable address yet (its name does not resolve, its source
+    cannot be bound); worth trying again later, trap or inform.
     """
 
     receiver: str
@@ -149,12 +171,13 @@ class Delivery:
     acknowledged: bool
     rtt: float | None
     error: str | None
+    unsent: bool = False
 
     def __str__(self) -> str:
         if self.acknowledged and self.rtt is not None:
             return f"acknowledged in {self.rtt * 1000:.1f} ms"
         if self.ok:
-            return "sent"
+            return "sent; traps are not acknowledged"
         return f"failed: {self.error}"
 
 
@@ -181,6 +204,9 @@ class _Target:
     community: str | None  # SNMPv1/v2c only: the community string (a key of ``_communities``)
     peer_engine: bytes | None = None  # the receiver's engine ID, once discovered (informs)
     transport: _UdpMixin | None = None
+    failures: int = 0  # timeouts and socket errors in a row
+    failing_since: float | None = None  # on the loop's clock
+    stale: bool = False  # look the name up again before the next send
 
 
 class _UdpMixin(asyncio.DatagramProtocol):
@@ -248,6 +274,8 @@ class Sender:
         self._master_keys: dict[tuple[Any, ...], bytes] = {}
         self._pending: set[asyncio.Future[tuple[Any, Any]]] = set()
         self._configuring = asyncio.Lock()
+        # receiver name -> the definition being looked up and its lookup
+        self._lookups: dict[str, tuple[model.Receiver, asyncio.Task[None]]] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -258,9 +286,9 @@ class Sender:
         state_dir = self._settings.state_dir
         engine_id = identity.load_engine_id(state_dir, self._settings.engine_id)
         if self._count_boot:
-            boots = identity.next_boots(state_dir, engine_id)
-        else:
-            boots = max(identity.current_boots(state_dir, engine_id), 1)
+            boots, started = identity.start_engine(state_dir, engine_id)
+        else:  # beside the daemon: its boots and its engine time (see notify.engine)
+            boots, started = identity.join_engine(state_dir, engine_id)
         # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
         # boots are then set in the engine's own MIB instances, where USM reads them.
         snmp = SnmpEngine()
@@ -272,14 +300,15 @@ class Sender:
         snmp.snmpEngineID = engine_id_mib.syntax
         boots_mib.syntax = boots_mib.syntax.clone(boots)
         (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
-        time_mib.syntax = _EngineTime(int(time.monotonic()))
+        time_mib.syntax = _EngineTime(started)
         (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
         discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
         self._engine, self._engine_id, self._boots = snmp, engine_id, boots
         await self._domain(socket.AF_INET, None)
         for receiver in self._receivers.values():
             self._check(receiver)
-            await self._configure(receiver)
+        for receiver in self._receivers.values():
+            self._look_up(receiver, announce=True)  # in the background: start-up goes on
 
     @property
     def engine_id(self) -> bytes:
@@ -305,11 +334,15 @@ class Sender:
         for name in list(self._targets):
             if wanted.get(name) != self._targets[name].receiver:
                 self._unconfigure(name)
+        for name, (receiver, task) in list(self._lookups.items()):
+            if wanted.get(name) != receiver:
+                task.cancel()
+                del self._lookups[name]
         self._broken = {k: v for k, v in self._broken.items() if k in wanted}
         self._receivers = wanted
         for receiver in wanted.values():
             if receiver.name not in self._targets:
-                await self._configure(receiver)
+                self._look_up(receiver, announce=True)
 
     async def close(self) -> None:
         """Close the engine and its sockets; informs in flight fail with "sender closed"."""
@@ -318,6 +351,11 @@ class Sender:
         for future in list(self._pending):
             if not future.done():
                 future.set_result((_CLOSED_MARK, None))
+        lookups = [task for _receiver, task in self._lookups.values()]
+        self._lookups.clear()
+        for task in lookups:
+            task.cancel()
+        await asyncio.gather(*lookups, return_exceptions=True)
         self._engine.close_dispatcher()
         self._engine = None
         self._closed = True
@@ -330,15 +368,44 @@ class Sender:
         if self._engine is None:
             raise RuntimeError("Sender closed" if self._closed else "Sender not started")
         target = self._targets.get(receiver.name)
-        if target is None or target.receiver != receiver:
+        if target is None or target.receiver != receiver or target.stale:
             self._check(receiver)
-            await self._configure(receiver)
+            # asyncio.wait: neither our cancellation nor the lookup's reaches the other.
+            lookup = self._look_up(receiver, announce=False)
+            await asyncio.wait({lookup})
+            if self._engine is None:
+                return _failed(receiver, _CLOSED)
+            if not lookup.cancelled() and lookup.exception() is not None:
+                raise RuntimeError(f"receiver {receiver.name}: lookup failed") from (
+                    lookup.exception()
+                )  # a bug, not a name that does not resolve: let it be seen
             target = self._targets.get(receiver.name)
-            if target is None:
-                return _failed(receiver, self._broken.get(receiver.name, "not configured"))
+            if target is None or target.receiver != receiver:
+                reason = self._broken.get(receiver.name, "not configured")
+                return Delivery(receiver.name, False, False, None, reason, unsent=True)
         if receiver.mode == "inform" and receiver.version != "1":
-            return await self._inform(target, message)
-        return self._trap(target, message)
+            delivery = await self._inform(target, message)
+        else:
+            delivery = self._trap(target, message)
+        self._count(target, delivery)
+        return delivery
+
+    def _count(self, target: _Target, delivery: Delivery) -> None:
+        """Note a timeout or socket error; enough of them make the name looked up again."""
+        if delivery.error is None or not (
+            delivery.error == "timeout" or delivery.error.startswith("socket error")
+        ):
+            if delivery.error is None:
+                target.failures, target.failing_since = 0, None
+            return
+        now = asyncio.get_running_loop().time()
+        if target.failing_since is None:
+            target.failing_since = now
+        target.failures += 1
+        if not _is_address(target.receiver.host) and (
+            target.failures >= REFRESH_AFTER_FAILURES or now - target.failing_since >= REFRESH_AFTER
+        ):
+            target.stale = True
 
     def _trap(self, target: _Target, message: Message) -> Delivery:
         if target.credentials is not None:
@@ -464,32 +531,87 @@ class Sender:
                     f"receiver {receiver.name}: {key.protocol} needs allow_weak_crypto: true"
                 )
 
-    async def _configure(self, receiver: model.Receiver) -> None:
-        """Install the rows of one receiver, or record in ``_broken`` why it cannot be."""
-        async with self._configuring:  # one at a time: it awaits name lookups and sockets
-            current = self._targets.get(receiver.name)
-            if current is not None and current.receiver == receiver:
-                return  # done meanwhile by a concurrent send
-            await self._configure_now(receiver)
+    def _look_up(self, receiver: model.Receiver, *, announce: bool) -> asyncio.Task[None]:
+        """The lookup (and then configuration) of ``receiver``: the running one, or a new one.
 
-    async def _configure_now(self, receiver: model.Receiver) -> None:
-        assert self._engine is not None
-        if receiver.name in self._targets:
-            self._unconfigure(receiver.name)
-        self._broken.pop(receiver.name, None)
+        ``announce``: log a failure (nobody waits for this lookup to report it).
+        """
+        running = self._lookups.get(receiver.name)
+        if running is not None and running[0] == receiver and not running[1].done():
+            return running[1]
+        task = asyncio.get_running_loop().create_task(
+            self._configure(receiver, announce=announce), name=f"resolve {receiver.name}"
+        )
+        task.add_done_callback(_log_bug)
+        self._lookups[receiver.name] = (receiver, task)
+        return task
+
+    async def _configure(self, receiver: model.Receiver, *, announce: bool) -> None:
+        """Resolve ``receiver`` and install its rows, or record in ``_broken`` why not.
+
+        The lookup runs concurrently with every other receiver's; only the
+        installation of rows is one at a time.
+        """
+        failure = None
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT):
                 family, ip = await self._resolve(receiver)
         except TimeoutError:
-            self._broken[receiver.name] = f"cannot resolve {receiver.host}: timed out"
-            return
-        except OSError as exc:
-            self._broken[receiver.name] = f"cannot resolve {receiver.host}: {_strerror(exc)}"
-            return
+            failure = f"cannot resolve {receiver.host}: timed out"
+        except (OSError, ValueError) as exc:  # gaierror; UnicodeError for "a..b"; NUL bytes
+            failure = f"cannot resolve {receiver.host}: {_describe(exc)}"
+        async with self._configuring:
+            if self._engine is None:
+                return  # closed meanwhile
+            wanted = self._receivers.get(receiver.name)
+            if wanted is not None and wanted != receiver:
+                return  # a reload replaced this definition meanwhile
+            current = self._targets.get(receiver.name)
+            if current is not None and current.receiver != receiver:
+                self._unconfigure(receiver.name)
+                current = None
+            if failure is not None:
+                if current is not None:
+                    # Looked up again after failures and the lookup failed: the old
+                    # address is still the best guess.
+                    current.stale, current.failures, current.failing_since = False, 0, None
+                    log.warning(
+                        "receiver %s: %s; still sending to %s",
+                        receiver.name,
+                        failure,
+                        current.address[0],
+                    )
+                    return
+                self._broken[receiver.name] = failure
+                if announce:
+                    log.warning(
+                        "receiver %s: %s; trying again when there is something to send",
+                        receiver.name,
+                        failure,
+                    )
+                return
+            if current is not None:
+                current.stale, current.failures, current.failing_since = False, 0, None
+                if current.address == (ip, receiver.port):
+                    return
+                log.warning(
+                    "receiver %s: %s now resolves to %s (was %s)",
+                    receiver.name,
+                    receiver.host,
+                    ip,
+                    current.address[0],
+                )
+                self._unconfigure(receiver.name)
+            await self._install(receiver, family, ip)
+
+    async def _install(self, receiver: model.Receiver, family: int, ip: str) -> None:
+        assert self._engine is not None
+        self._broken.pop(receiver.name, None)
         try:
             domain, transport = await self._domain(family, receiver.source)
         except OSError as exc:
             self._broken[receiver.name] = f"cannot send from {receiver.source}: {_strerror(exc)}"
+            log.warning("receiver %s: %s", receiver.name, self._broken[receiver.name])
             return
         name = f"wd{next(self._numbers)}"
         credentials = community = None
@@ -668,6 +790,29 @@ def _socket_reason(exc: OSError) -> str:
 
 def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _log_bug(task: asyncio.Task[None]) -> None:
+    """Log what a background lookup raised beyond what lookups are expected to raise."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed by an internal error", task.get_name(), exc_info=task.exception())
+
+
+def _describe(exc: Exception) -> str:
+    """Why a lookup failed, in a few words."""
+    if isinstance(exc, OSError):
+        return _strerror(exc)
+    if isinstance(exc, UnicodeError):
+        return f"not a valid host name ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
