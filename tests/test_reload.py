@@ -35,7 +35,7 @@ from tests.helpers import (
     stored_states,
     wait_for_file,
 )
-from tests.snmptrapd import Received, Snmptrapd
+from tests.snmptrapd import Received, Snmptrapd, User
 
 pytestmark = [pytest.mark.slow, pytest.mark.snmp]
 
@@ -496,4 +496,38 @@ def test_the_file_of_the_last_sighup_wins_over_a_slower_earlier_reload(
     assert set(stored(state_dir)) == {"mail", "b"}
     assert "2 services" in d.lines[second]
     assert not [ln for ln in d.lines[second:] if "check a:" in ln]
+    assert d.stop() == 0
+
+
+def test_allow_weak_crypto_and_a_weak_receiver_added_by_one_reload(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """The reload that allows MD5/DES may also add the receiver that needs them."""
+    user = User("old", "MD5", "weak-auth-key", "DES", "weak-priv-key")
+    trapd = snmptrapd(communities=[], users=[user])
+    assert trapd.port is not None
+    smtp.start()
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, receiver(free_udp_port()), service("mail", smtp.port))
+    d = Daemon(cfg)
+    daemons.append(d)
+    d.wait_for("ready")
+
+    weak = (
+        f"  - {{name: old, host: 127.0.0.1, port: {trapd.port}, version: 3, user: old, "
+        "auth: {protocol: MD5, key: weak-auth-key}, priv: {protocol: DES, key: weak-priv-key}, "
+        "mode: inform, timeout: 0.5s}\n"
+    )
+    dead = service("dead", free_tcp_port(), ", receivers: [old]")
+    write(
+        cfg,
+        tmp_path,
+        receiver(free_udp_port()) + weak,
+        service("mail", smtp.port) + dead,
+        "  allow_weak_crypto: true\n",
+    )
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"configuration reloaded: 2 services \(1 added", start=mark)
+    d.wait_for(r"down #1 \(dead\) to old acknowledged", start=mark)
     assert d.stop() == 0

@@ -136,7 +136,9 @@ class Notifier:
     async def reconfigure(self, config: model.Config) -> None:
         self._builder = MessageBuilder(Oids(config.settings.oid_root))
         self._all = tuple(r.name for r in config.receivers)
-        await self.dispatcher.reconfigure(config.receivers)
+        await self.dispatcher.reconfigure(
+            config.receivers, allow_weak_crypto=config.settings.allow_weak_crypto
+        )
 
     async def close(self) -> None:
         await self.dispatcher.close()

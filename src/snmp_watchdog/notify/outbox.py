@@ -213,9 +213,11 @@ class Dispatcher:
         except TimeoutError:
             return
 
-    async def reconfigure(self, receivers: Sequence[model.Receiver]) -> None:
+    async def reconfigure(
+        self, receivers: Sequence[model.Receiver], *, allow_weak_crypto: bool | None = None
+    ) -> None:
         """Apply a reload to the sender and the queues (removed receivers lose theirs)."""
-        await self._sender.reconfigure(receivers)
+        await self._sender.reconfigure(receivers, allow_weak_crypto=allow_weak_crypto)
         self._receivers = {r.name: r for r in receivers}
         for name in [n for n in self._queues if n not in self._receivers]:
             restart = self._restarts.pop(name, None)

@@ -82,7 +82,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
@@ -326,8 +326,17 @@ class Sender:
         """``sysUpTime.0`` now: hundredths of a second since the daemon started, mod 2**32."""
         return int((self._clock() - self._started) * 100) % 2**32
 
-    async def reconfigure(self, receivers: Sequence[model.Receiver]) -> None:
-        """Apply a new receiver list: rows of removed or changed receivers are replaced."""
+    async def reconfigure(
+        self, receivers: Sequence[model.Receiver], *, allow_weak_crypto: bool | None = None
+    ) -> None:
+        """Apply a new receiver list: rows of removed or changed receivers are replaced.
+
+        ``allow_weak_crypto``: the reloaded file's setting, which decides for
+        the receivers of that same file (the engine ID and state directory stay
+        those of the start).
+        """
+        if allow_weak_crypto is not None:
+            self._settings = replace(self._settings, allow_weak_crypto=allow_weak_crypto)
         wanted = {r.name: r for r in receivers}
         for receiver in wanted.values():
             self._check(receiver)
