@@ -117,20 +117,19 @@ def test_names_the_resolver_refuses_do_not_stop_the_daemon(
     trapd = snmptrapd(communities=["public"])
     dns.fail("broken.test")  # SERVFAIL: gaierror
     dns.answer("good.test", "127.0.0.1")
+    # (A name the IDNA codec refuses, mail..example.com, is refused by the
+    # configuration loader now; the sender's own handling of it is tested in-process.)
     receivers = [
-        f"dots mail..example.com {trapd.port}",  # the IDNA codec raises UnicodeError
         f"servfail broken.test {trapd.port}",
         f"good good.test {trapd.port}",
     ]
     d = daemon(dns, config(tmp_path, receivers))
     daemons.append(d)
-    d.wait_for(r"receiver dots: cannot resolve mail\.\.example\.com: not a valid host name")
     d.wait_for(r"receiver servfail: cannot resolve broken\.test: ")
     d.wait_for(r"down #1 \(app\) sent to good")
     (got,) = trapd.wait_for(1)
     assert got.trap_oid == dotted(OIDS.service_down)
     # The failing ones are tried again, logged with their names, and the daemon lives on.
-    d.wait_for(r"down #1 \(app\) to dots not sent \(attempt 2\): cannot resolve mail\.\.example")
     d.wait_for(r"down #1 \(app\) to servfail not sent \(attempt 2\): cannot resolve broken\.test")
     assert d.proc.poll() is None
     assert d.stop() == 0
