@@ -229,3 +229,39 @@ def test_a_large_table_is_walked_in_order() -> None:
     assert len(walked) == 5000 * 14
     assert [oid for oid, _ in walked] == sorted(oid for oid, _ in walked)
     assert t.get((*OIDS.services_down, 0)) == ("gauge", 2500)
+
+
+# --- the snapshot: rows in step with check results ---------------------------
+
+
+def test_the_confirming_check_stays_in_the_row_until_the_next_change() -> None:
+    from snmp_watchdog.agent.snapshot import Snapshot  # noqa: PLC0415
+    from snmp_watchdog.result import CheckResult  # noqa: PLC0415
+
+    t = table()
+    snap = Snapshot(t, clock=lambda: MONO, wall=lambda: WALL)
+    mail = svc("mail")
+    snap.load([mail], {}, {"mail": 4})
+    assert t.get((*ENTRY, 6, 4)) == ("integer", 3)  # unknown
+    down = ServiceState(
+        state=State.DOWN, since=MONO, failures=1, notified=State.DOWN, last_check=MONO,
+        last_reason=Reason.REFUSED, last_detail="refused", checks=1, failed_checks=1,
+    )  # fmt: skip
+    snap.result(mail, down, CheckResult(Reason.REFUSED, "connection refused", 0.004))
+    assert t.get((*ENTRY, 8, 4)) == ("integer", Reason.REFUSED.value)
+    assert t.get((*ENTRY, 9, 4)) == ("string", b"connection refused")
+    # a later check that does not change the state: the reason stays the confirming one
+    later = ServiceState(
+        state=State.DOWN, since=MONO, successes=1, notified=State.DOWN, last_check=MONO + 1,
+        last_reason=Reason.OK, checks=2, failed_checks=1,
+    )  # fmt: skip
+    snap.result(mail, later, CheckResult(Reason.OK, "", 0.001))
+    assert t.get((*ENTRY, 8, 4)) == ("integer", Reason.REFUSED.value)
+    assert t.get((*ENTRY, 13, 4)) == ("counter", 2)
+    assert t.get((*ENTRY, 15, 4)) == ("string", date_and_time(WALL + 1))
+    # a reload keeps it, and drops the rows of services that are gone
+    snap.load([mail, svc("web")], {"mail": later}, {"mail": 4, "web": 9})
+    assert t.get((*ENTRY, 9, 4)) == ("string", b"connection refused")
+    assert t.indexes() == [4, 9]
+    snap.load([svc("web")], {}, {"web": 9})
+    assert t.indexes() == [9]
