@@ -44,7 +44,8 @@ def test_a_bulk_walk_of_long_rows_with_huge_repetitions_gets_every_row(tmp_path:
         await server.start()
         try:
             proc = await asyncio.create_subprocess_exec(
-                "snmpbulkwalk", "-m", "", "-v2c", "-c", "bulk", "-t", "2", "-r", "0", "-On", "-Cr1000",
+                "snmpbulkwalk", "-m", "", "-v2c", "-c", "bulk", "-t", "2", "-r", "0",
+                "-On", "-Cr1000",
                 f"udp:127.0.0.1:{port}", ".".join(map(str, oids.service_name)),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
