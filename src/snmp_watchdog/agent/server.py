@@ -16,8 +16,9 @@ Rules:
   other, and changes nothing.
 * Every answer is computed from the in-memory table at once: nothing waits
   on the state database or the network. A GETBULK answers at most
-  ``MAX_VARBINDS`` variables and no more than fit in the largest message the
-  manager accepts (RFC 3416 4.2.3 allows fewer repetitions).
+  ``MAX_VARBINDS`` variables (so one answer holds the event loop for a few
+  milliseconds) and no more than fit in the largest message the manager
+  accepts (RFC 3416 4.2.3 allows fewer repetitions).
 * ``start`` binds the listening socket before it returns: an address that
   cannot be bound is an ``AgentError`` naming it.
 """
@@ -42,8 +43,11 @@ from snmp_watchdog.agent.table import NO_SUCH_OBJECT, StatusTable, Value
 from snmp_watchdog.exceptions import WatchdogError
 from snmp_watchdog.notify.sender import AUTH_PROTOCOLS, PRIV_PROTOCOLS, new_engine
 
-#: Most variables in one GETBULK response.
-MAX_VARBINDS = 1000
+#: Most variables in one GETBULK response (pysnmp's own responder's limit too). Building
+#: the response PDU is most of an answer's cost and grows faster than its length
+#: (measured: 10 variables 1.6 ms, 50 in 5.5 ms, 200 in 39 ms), and the event loop
+#: that runs the checks waits meanwhile: a manager asking for more gets more requests.
+MAX_VARBINDS = 64
 #: Bytes kept free in a response for the message's own headers and security.
 HEADROOM = 256
 
@@ -186,7 +190,7 @@ class _Responder(cmdrsp.CommandResponderBase):  # type: ignore[misc]
                 room -= _size(oid, value)
                 row.append((rfc1902.ObjectName(oid), _wire(value)))
                 cursors[i] = oid
-            if (room < 0 or len(out) + len(row) > MAX_VARBINDS) and out:
+            if (room < 0 or len(out) + len(row) > self._agent.max_varbinds) and out:
                 break
             out.extend(row)
             if done:
@@ -204,8 +208,10 @@ class AgentServer:
         *,
         engine_id: bytes,
         boots: int,
+        max_varbinds: int = MAX_VARBINDS,
     ) -> None:
         self.agent = agent
+        self.max_varbinds = max_varbinds
         self.table = table
         self._engine_id = engine_id
         self._boots = boots
