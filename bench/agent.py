@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -173,6 +174,7 @@ async def measure(
     agent = model.Agent(port=port, community=model.Secret("bench"))
     server = AgentServer(agent, table, engine_id=bytes.fromhex("80001f880562656e6368"), boots=1)
     await server.start()
+    gc.freeze()  # as the daemon does once it has started
     runner = asyncio.create_task(scheduler.run())
     try:
         await asyncio.sleep(interval * 1.5)  # every service checked at least once
