@@ -19,6 +19,12 @@ Rules:
   ``MAX_VARBINDS`` variables (so one answer holds the event loop for a few
   milliseconds) and no more than fit in the largest message the manager
   accepts (RFC 3416 4.2.3 allows fewer repetitions).
+* The agent takes at most about half of the event loop that runs the checks,
+  however fast managers ask: requests are answered one at a time, and after
+  each answer the next waits as long as that answer took to make (a full-speed
+  walk gets slower, checks do not start late). At most ``MAX_WAITING``
+  requests wait; more are dropped, as a full socket buffer would drop them,
+  and the manager retries.
 * ``start`` binds the listening socket before it returns: an address that
   cannot be bound is an ``AgentError`` naming it.
 """
@@ -28,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
+from collections import deque
 from typing import Any, Final
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
@@ -56,6 +64,9 @@ from snmp_watchdog.notify.sender import AUTH_PROTOCOLS, PRIV_PROTOCOLS, new_engi
 MAX_VARBINDS = 64
 #: Bytes kept free in a response for the message's own headers and security.
 HEADROOM = 256
+
+#: Requests that may wait for their turn (see the rules).
+MAX_WAITING = 64
 
 _LEVELS = {"noAuthNoPriv": 1, "authNoPriv": 2, "authPriv": 3}
 _COMMUNITY_ENTRY = "wd-agent"
@@ -118,6 +129,43 @@ def _size(oid: tuple[int, ...], value: Value | Missing) -> int:
     else:
         body = 5
     return _arcs_size(oid) + body + 12
+
+
+class _Paced:
+    """A pysnmp datagram transport that answers one request at a time, then rests."""
+
+    loop: asyncio.AbstractEventLoop
+    _callback_function: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: deque[tuple[bytes, Any]] = deque()
+        self._resting = False
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        if len(self._waiting) >= MAX_WAITING:
+            return
+        self._waiting.append((datagram, address))
+        if not self._resting:
+            self._answer_next()
+
+    def _answer_next(self) -> None:
+        self._resting = False
+        if not self._waiting or self._callback_function is None:
+            return
+        datagram, address = self._waiting.popleft()
+        started = time.perf_counter()
+        self._callback_function(self, address, datagram)
+        self._resting = True
+        self.loop.call_later(time.perf_counter() - started, self._answer_next)
+
+
+class _PacedUdp(_Paced, udp.UdpAsyncioTransport):  # type: ignore[misc]
+    pass
+
+
+class _PacedUdp6(_Paced, udp6.Udp6AsyncioTransport):  # type: ignore[misc]
+    pass
 
 
 class _Responder(cmdrsp.CommandResponderBase):  # type: ignore[misc]
@@ -233,9 +281,9 @@ class AgentServer:
         family = ipaddress.ip_address(agent.host).version
         loop = asyncio.get_running_loop()
         if family == 4:
-            domain, transport = udp.SNMP_UDP_DOMAIN, udp.UdpAsyncioTransport(loop=loop)
+            domain, transport = udp.SNMP_UDP_DOMAIN, _PacedUdp(loop=loop)
         else:
-            domain, transport = udp6.SNMP_UDP6_DOMAIN, udp6.Udp6AsyncioTransport(loop=loop)
+            domain, transport = udp6.SNMP_UDP6_DOMAIN, _PacedUdp6(loop=loop)
         sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             sock.bind((agent.host, agent.port))
