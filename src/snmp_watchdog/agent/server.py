@@ -149,6 +149,11 @@ class _Paced:
         if not self._resting:
             self._answer_next()
 
+    def stop(self) -> None:
+        """Answer nothing more (the engine is closing)."""
+        self._waiting.clear()
+        self._callback_function = None
+
     def _answer_next(self) -> None:
         self._resting = False
         if not self._waiting or self._callback_function is None:
@@ -267,6 +272,7 @@ class AgentServer:
         self._engine_id = engine_id
         self._boots = boots
         self._engine: SnmpEngine | None = None
+        self._transport: _Paced | None = None
         #: (security model, security name) -> the least security level it must use.
         self.readers: dict[tuple[int, str], int] = {}
 
@@ -314,10 +320,13 @@ class AgentServer:
             readers[(3, user.user)] = _LEVELS[level]
         self.readers = readers
         _Responder(engine, self)
-        self._engine = engine
+        self._engine, self._transport = engine, transport
 
     def close(self) -> None:
         """Stop answering and release the socket (the server cannot start again)."""
+        if self._transport is not None:
+            self._transport.stop()
+            self._transport = None
         if self._engine is not None:
             self._engine.close_dispatcher()
             self._engine = None
