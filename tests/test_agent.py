@@ -324,6 +324,18 @@ def test_reload_moves_adds_and_removes_the_agent(
     d.signal(signal.SIGHUP)
     d.wait_for("agent stopped", start=mark)
     assert "Timeout" in new.run("snmpget", V2C, f"{MIB}::wdServicesUp.0").stderr
+
+    # added back, under another OID root: the rows are there at once, under it
+    write_config(
+        cfg, tmp_path / "state", svc, v2c_agent(first), extra="  oid_root: 1.3.6.1.4.1.99999\n"
+    )
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(rf"agent listening on UDP 127\.0\.0\.1:{first}", start=mark)
+    moved = old.ok("snmpwalk", V2C, "1.3.6.1.4.1.99999.1.2.1.2", opts=("-On", "-Oq"))
+    assert moved.split()[0] == ".1.3.6.1.4.1.99999.1.2.1.2.1"
+    assert moved.split()[1] == '"web"'
+    assert "No Such Object" in old.ok("snmpget", V2C, f"{MIB}::wdServicesUp.0")
     assert d.stop() == 0
 
 
