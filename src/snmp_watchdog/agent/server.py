@@ -9,7 +9,9 @@ Rules:
   agent.
 * Who may read: the ``community`` (SNMPv1 and v2c) and each SNMPv3 user at
   the security level its configuration gives it (authPriv for a user with
-  auth and priv keys): a request at a lower level gets authorizationError.
+  auth and priv keys): pysnmp's USM refuses a lower level with a report
+  (unsupportedSecLevel), and the responder checks again, answering
+  authorizationError, so that no path answers below that level.
   A wrong community is dropped without an answer, an unknown SNMPv3 user or a
   wrong key gets the usual report PDU (pysnmp's USM).
 * Read-only: a SET gets notWritable for our objects and noAccess for any
