@@ -379,3 +379,28 @@ def test_ipv6(tmp_path: Path, daemons: list[Daemon], listener: socket.socket) ->
     assert "web" in row_indexes(snmp)
     assert "web" in snmp.table(V3)
     assert d.stop() == 0
+
+
+def test_the_agent_has_the_engine_id_of_the_notifications(
+    tmp_path: Path, daemons: list[Daemon], listener: socket.socket
+) -> None:
+    """A manager that names the engine ID the daemon logs (and ``watchdog status`` prints)
+    reaches the agent with it; another engine ID gets no answer."""
+    port = free_udp_port()
+    cfg = tmp_path / "watchdog.yaml"
+    agent = f"  listen: 127.0.0.1:{port}\n{AGENT_USERS}"
+    write_config(cfg, tmp_path / "state", {"web": listener.getsockname()[1]}, agent)
+    d = Daemon(cfg)
+    daemons.append(d)
+    line = d.lines[d.wait_for(r"SNMP engine ID 0x[0-9a-f]+ \(boots 1\)")]
+    engine_id = re.search(r"0x([0-9a-f]+)", line)[1]  # type: ignore[index]
+    d.wait_for("agent listening")
+    snmp = NetSnmp(tmp_path / "home", f"udp:127.0.0.1:{port}")
+    oid = f"{MIB}::wdServicesUnknown.0"
+    assert "services" in snmp.ok("snmpget", [*V3, "-e", engine_id], oid)
+    other = "80001f8805" + "00" * 7 + "01"
+    assert other != engine_id
+    wrong = snmp.run("snmpget", [*V3, "-e", other], oid)
+    assert wrong.returncode != 0
+    assert "services" not in wrong.stdout
+    assert d.stop() == 0
