@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmp smitools systemd strace
+ensure_debs snmptrapd snmpd snmp smitools systemd strace
 ensure_venv test,fast
 ensure_min_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs

@@ -13,6 +13,7 @@ for a state that did not change; the worst case is a lost second of counters.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from snmp_watchdog import __version__, state
+from snmp_watchdog.agent.runner import AgentRunner
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.config import load_config
 from snmp_watchdog.exceptions import ConfigError
-from snmp_watchdog.model import Config, Service
+from snmp_watchdog.model import Config, Service, Settings
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.notifier import Notifier
 from snmp_watchdog.reasons import Reason
@@ -86,6 +88,7 @@ class Daemon:
         self.store: Store | None = None
         self.notifier: Notifier | None = None
         self.status_files: StatusFiles | None = None
+        self.agent: AgentRunner | None = None
         self.indexes: dict[str, int] = {}
         self._dirty: dict[str, state.ServiceState] = {}
         self._store_failing = False
@@ -120,10 +123,12 @@ class Daemon:
         self._discard_orphans(config, store)
         self.notifier = Notifier(config, store, started=self.started)
         await self.notifier.start()
-        try:  # what ``watchdog status`` shows and prints createUser lines for
-            store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
-        except StoreError as exc:
-            self._store_failed(exc)
+        self._record_engine_id(store)
+        try:
+            await self._start_agent(config, initial)
+        except BaseException:
+            await self.notifier.close()
+            raise
         if config.settings.status_dir is not None:
             self.status_files = StatusFiles(config.settings.status_dir)
             for name, st in initial.items():
@@ -142,20 +147,12 @@ class Daemon:
         runner = asyncio.create_task(self.scheduler.run(), name="scheduler")
         background = [asyncio.create_task(self._flush_loop(), name="flush")]
         self._set_heartbeat(config.settings.heartbeat)
-        interval = watchdog_interval()
-        if interval is not None:
-            sched = self.scheduler
-            background.append(
-                asyncio.create_task(
-                    keep_alive(
-                        self.systemd,
-                        lambda: sched.progress,
-                        interval,
-                        self.status_line,
-                        stale_after=lambda: self._stale_after(interval),
-                    )
-                )
-            )
+        background += self._keep_alive()
+        # Everything made so far lives as long as the daemon (the configuration, the pysnmp
+        # engines and their MIB objects): out of the cyclic collector's sight, a full
+        # collection no longer scans them, which took 100-200 ms at 10,000 services while
+        # checks waited (bench/agent.py).
+        gc.freeze()
         log.info("ready")
         self.systemd.ready(self.status_line())
         stop = asyncio.create_task(self._stop.wait())
@@ -172,6 +169,8 @@ class Daemon:
             for task in (*background, *self._reloads):
                 task.cancel()
             await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
+            if self.agent is not None:
+                self.agent.close()
             self._flush()
             pending = self.notifier.dispatcher.pending()
             await self.notifier.close()
@@ -183,6 +182,22 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("stopped after %d checks", self.scheduler.checks_done)
         return 0
+
+    def _keep_alive(self) -> list[asyncio.Task[None]]:
+        """systemd's watchdog keep-alive, when the unit asks for one (``WatchdogSec``)."""
+        interval = watchdog_interval()
+        if interval is None:
+            return []
+        sched = self.scheduler
+        assert sched is not None
+        alive = keep_alive(
+            self.systemd,
+            lambda: sched.progress,
+            interval,
+            self.status_line,
+            stale_after=lambda: self._stale_after(interval),
+        )
+        return [asyncio.create_task(alive, name="keep-alive")]
 
     def _restore(self, config: Config, store: Store) -> dict[str, state.ServiceState]:
         saved = store.load_states(mono_now=time.monotonic(), wall_now=time.time())
@@ -223,6 +238,14 @@ class Daemon:
                 count,
             )
 
+    def _record_engine_id(self, store: Store) -> None:
+        """Save the engine ID in use: what ``watchdog status`` shows and prints createUser for."""
+        assert self.notifier is not None
+        try:
+            store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
+        except StoreError as exc:
+            self._store_failed(exc)
+
     def _set_heartbeat(self, every: float) -> None:
         """(Re)start the heartbeat loop at ``every`` seconds; 0 stops it."""
         if self._heartbeat is not None:
@@ -230,6 +253,21 @@ class Daemon:
             self._heartbeat = None
         if every > 0:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(every), name="heartbeat")
+
+    async def _start_agent(self, config: Config, initial: dict[str, state.ServiceState]) -> None:
+        """The read-only agent's table, always kept (a reload may add ``agent:``), and
+        its server when configured: it shares the notifications' engine ID and boots."""
+        assert self.notifier is not None
+        notifier = self.notifier
+        self.agent = AgentRunner(
+            engine_id=notifier.sender.engine_id,
+            boots=notifier.sender.engine_boots,
+            engine_started=notifier.sender.engine_started,
+            started=self.started,
+            sequence=lambda: notifier.last_sequence,
+        )
+        self.agent.load(config, initial, self.indexes)
+        await self.agent.start(config)
 
     def _stale_after(self, interval: float) -> float:
         """How long without a scheduler pass means stuck (see ``sdnotify``).
@@ -295,6 +333,8 @@ class Daemon:
             log.error("reload rejected: keeping the running configuration")
             self.systemd.ready(self.status_line())
             return
+        if self.agent is not None:
+            await self.agent.reload(config)
         # Receivers first, so that a new service's first notification finds its receiver.
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
@@ -302,6 +342,8 @@ class Daemon:
         told = self._what_receivers_must_be_told(old, config)
         added, changed, removed = self.scheduler.update(config.services)
         self.indexes = indexes
+        if self.agent is not None:
+            self.agent.load(config, self.scheduler.states(), indexes)
         for name in removed:
             self._dirty.pop(name, None)
         store = self.store
@@ -314,18 +356,7 @@ class Daemon:
         if self.status_files is not None:
             for name in removed:
                 self.status_files.forget(name)
-        sd = config.settings.status_dir
-        if sd != (self.status_files.directory if self.status_files else None):
-            self.status_files = StatusFiles(sd) if sd is not None else None
-        if config.settings.max_in_flight != old.settings.max_in_flight:
-            self.scheduler.set_max_in_flight(config.settings.max_in_flight)
-            log.info(
-                "max_in_flight now %d (was %d)",
-                config.settings.max_in_flight,
-                old.settings.max_in_flight,
-            )
-        if config.settings.heartbeat != old.settings.heartbeat:
-            self._set_heartbeat(config.settings.heartbeat)
+        self._apply_settings(config.settings, old.settings)
         self.config = config
         log.info(
             "configuration reloaded: %d services (%d added, %d changed, %d removed)",
@@ -335,6 +366,18 @@ class Daemon:
             len(removed),
         )
         self.systemd.ready(self.status_line())
+
+    def _apply_settings(self, new: Settings, old: Settings) -> None:
+        """Apply the reloaded settings that take effect at once (status files, cap, heartbeat)."""
+        assert self.scheduler is not None
+        sd = new.status_dir
+        if sd != (self.status_files.directory if self.status_files else None):
+            self.status_files = StatusFiles(sd) if sd is not None else None
+        if new.max_in_flight != old.max_in_flight:
+            self.scheduler.set_max_in_flight(new.max_in_flight)
+            log.info("max_in_flight now %d (was %d)", new.max_in_flight, old.max_in_flight)
+        if new.heartbeat != old.heartbeat:
+            self._set_heartbeat(new.heartbeat)
 
     def _keep_restart_only_settings(self, config: Config, old: Config) -> Config:
         """The new configuration with what only a restart can change kept as it runs."""
@@ -427,6 +470,8 @@ class Daemon:
             # the service is gone, or its new definition decides from its own checks.
             log.debug("check %s: result of the previous configuration ignored", svc.name)
             return
+        if self.agent is not None:
+            self.agent.result(svc, st, result)
         log.debug(
             "check %s: %s %s (%.1f ms)",
             svc.name,

@@ -243,6 +243,27 @@ class _EngineTime(rfc1902.Integer32):  # type: ignore[misc]
         return rfc1902.Integer32(min(elapsed, MAX_ENGINE_TIME))
 
 
+def new_engine(engine_id: bytes, boots: int, started: int | None = None) -> SnmpEngine:
+    """An SNMP engine with this engine ID and ``snmpEngineBoots``, its engine time
+    counted on the monotonic clock from ``started`` (default: now), and no
+    automatic copies of USM users (see above)."""
+    # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
+    # boots are then set in the engine's own MIB instances, where USM reads them.
+    snmp = SnmpEngine()
+    mib = snmp.get_mib_builder()
+    (engine_id_mib, boots_mib) = mib.import_symbols(
+        "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
+    )
+    engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
+    snmp.snmpEngineID = engine_id_mib.syntax
+    boots_mib.syntax = boots_mib.syntax.clone(boots)
+    (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+    time_mib.syntax = _EngineTime(int(time.monotonic()) if started is None else started)
+    (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
+    discovery.syntax = discovery.syntax.clone(0)
+    return snmp
+
+
 class Sender:
     """Sends notifications to configured receivers over one pysnmp engine."""
 
@@ -256,6 +277,8 @@ class Sender:
         count_boot: bool = True,
     ) -> None:
         self._count_boot = count_boot  # False: a one-off command beside the daemon
+        #: The monotonic second the engine's ``snmpEngineTime`` counts from (after start()).
+        self.engine_started: int | None = None
         self._settings = settings
         self._receivers = {r.name: r for r in receivers}
         self._started = started
@@ -289,20 +312,8 @@ class Sender:
             boots, started = identity.start_engine(state_dir, engine_id)
         else:  # beside the daemon: its boots and its engine time (see notify.engine)
             boots, started = identity.join_engine(state_dir, engine_id)
-        # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
-        # boots are then set in the engine's own MIB instances, where USM reads them.
-        snmp = SnmpEngine()
-        mib = snmp.get_mib_builder()
-        (engine_id_mib, boots_mib) = mib.import_symbols(
-            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
-        )
-        engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
-        snmp.snmpEngineID = engine_id_mib.syntax
-        boots_mib.syntax = boots_mib.syntax.clone(boots)
-        (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
-        time_mib.syntax = _EngineTime(started)
-        (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
-        discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
+        snmp = new_engine(engine_id, boots, started)
+        self.engine_started = started
         self._engine, self._engine_id, self._boots = snmp, engine_id, boots
         await self._domain(socket.AF_INET, None)
         for receiver in self._receivers.values():
