@@ -436,7 +436,10 @@ class _Loader:
         values: dict[str, Any] = {}
         if section.listen is not None:
             values["host"], values["port"] = section.listen
-        if section.community is None and section.community_file is None and not section.users:
+        # Written but wrong is reported where it is wrong, not also as missing.
+        if isinstance(data, dict) and not (
+            "community" in data or "community_file" in data or data.get("users", []) != []
+        ):
             self.report(at, "missing community or users: nobody could read the agent")
         values["community"] = self.secret(
             at, "community", section.community, section.community_file, minimum=1
