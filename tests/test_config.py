@@ -26,7 +26,7 @@ from snmp_watchdog.config import (
     load_config,
 )
 from snmp_watchdog.exceptions import ConfigError, Problem
-from snmp_watchdog.model import MAX_READ, CheckKind, Config, Secret, Step
+from snmp_watchdog.model import MAX_READ, Agent, CheckKind, Config, Secret, Step
 
 FIXTURES = Path(__file__).parent / "config"
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
@@ -824,3 +824,47 @@ def test_thousands_of_services_load_in_order(tmp_path: Path) -> None:
     assert len(config.services) == 2000
     assert config.services[1999].name == "svc1999"
     assert config.services[2].http_status == (200, 204)
+
+
+# --- agent: ------------------------------------------------------------------
+
+
+def test_agent_section(tmp_path: Path) -> None:
+    """listen, community and users; no section means no agent."""
+    config = load_config(FIXTURES / "valid" / "full.yaml")
+    agent = config.agent
+    assert agent is not None
+    assert (agent.host, agent.port) == ("::1", 1161)
+    assert agent.community is not None
+    (user,) = agent.users
+    assert user.user == "poller"
+    assert user.auth is not None
+    assert user.auth.protocol == "SHA256"
+    assert user.priv is not None
+    assert user.priv.protocol == "AES128"
+    assert load_config(FIXTURES / "valid" / "minimal.yaml").agent is None
+    path = write(
+        tmp_path / "agent.yaml",
+        """\
+services:
+  - {name: mail, host: 192.0.2.1, check: smtp}
+agent:
+  community: public
+""",
+    )
+    assert load_config(path).agent == Agent(community=Secret("public"))
+
+
+@pytest.mark.parametrize(
+    ("written", "host", "port"),
+    [
+        ("127.0.0.1:1161", "127.0.0.1", 1161),
+        ("0.0.0.0:161", "0.0.0.0", 161),
+        ("192.0.2.7", "192.0.2.7", 1161),
+        ("[::1]:2000", "::1", 2000),
+        ("[::]", "::", 1161),
+        ("::1", "::1", 1161),
+    ],
+)
+def test_agent_listen_forms(written: str, host: str, port: int) -> None:
+    assert schema.parse_listen(written) == (host, port)

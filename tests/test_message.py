@@ -8,14 +8,8 @@ import pytest
 from pysnmp.proto.rfc1902 import Gauge32, Integer32, OctetString, TimeTicks, Unsigned32
 
 from snmp_watchdog import __version__, model
-from snmp_watchdog.notify.message import (
-    MAX32,
-    Message,
-    MessageBuilder,
-    date_and_time,
-    display_text,
-)
-from snmp_watchdog.notify.mib import Oids
+from snmp_watchdog.notify.message import Message, MessageBuilder
+from snmp_watchdog.notify.mib import MAX32, Oids, date_and_time, display_text
 from snmp_watchdog.reasons import Reason
 
 ROOT = (1, 3, 6, 1, 4, 1, 99999)

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, model_validator
 from pydantic_core import PydanticCustomError
 
-from snmp_watchdog.model import CheckKind
+from snmp_watchdog.model import DEFAULT_AGENT_PORT, CheckKind
 from snmp_watchdog.model import parse_oid as model_parse_oid
 from snmp_watchdog.notify.mib import check_root
 
@@ -58,6 +58,7 @@ TEXT_KEYS = frozenset(
         "ca_file",
         "path",
         "body",
+        "listen",
     )
 )
 
@@ -73,6 +74,11 @@ _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_LISTEN_RE = re.compile(
+    r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d{1,5}))?"  # [IPv6]:port
+    r"|(?P<v4>[^:\[\]]+)(?::(?P<p4>\d{1,5}))?"  # IPv4:port
+    r"|(?P<bare>[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)"  # IPv6 alone: no port
+)
 _OID_RE = re.compile(r"\.?\d+(?:\.\d+)+")
 _DURATION_FORMS = "a duration like 250ms, 5s, 2m, 1h, 1d or a number of seconds"
 
@@ -289,6 +295,27 @@ def parse_ip(value: Any) -> str:
         except ValueError:
             pass
     raise fail(f"expected an IP address, got {describe(value)}")
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """``address:port``, ``[IPv6]:port``, or an address alone (port 1161); IP literals only."""
+    text = value.strip() if isinstance(value, str) else ""
+    match = _LISTEN_RE.fullmatch(text)
+    host = port = None
+    if match:
+        host = match["v6"] or match["v4"] or match["bare"]
+        digits = match["p6"] or match["p4"]
+        port = int(digits) if digits else DEFAULT_AGENT_PORT
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        address = None
+    if address is None or port is None or not 1 <= port <= 65535:
+        raise fail(
+            "expected an IP address and a UDP port like 127.0.0.1:1161 or [::1]:1161, "
+            f"got {describe(value)}"
+        )
+    return str(address), port
 
 
 def parse_version(value: Any) -> str:
@@ -538,5 +565,24 @@ class ReceiverSection(Section):
     give_up_after: Duration = None
 
 
+class AgentUserSection(Section):
+    user: Annotated[str, PlainValidator(parse_user)]
+    auth: Annotated[
+        AuthSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
+    ] = None
+    priv: Annotated[
+        PrivSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
+    ] = None
+
+
+class AgentSection(Section):
+    listen: Annotated[tuple[str, int] | None, PlainValidator(parse_listen)] = None
+    community: SecretText = None
+    community_file: PathText = None
+    users: Annotated[
+        list[AgentUserSection] | None, BeforeValidator(_not_null("a list of SNMPv3 users"))
+    ] = None
+
+
 #: The top-level sections and the model of each mapping inside them.
-SECTIONS = ("watchdog", "defaults", "receivers", "services")
+SECTIONS = ("watchdog", "defaults", "receivers", "services", "agent")

@@ -39,6 +39,7 @@ from snmp_watchdog._config_schema import (
     SECTIONS,
     TEXT_KEYS,
     WEAK_PROTOCOLS,
+    AgentSection,
     AuthSection,
     PrivSection,
     ReceiverSection,
@@ -55,6 +56,8 @@ from snmp_watchdog.exceptions import ConfigError, Problem
 from snmp_watchdog.model import (
     DEFAULT_PORTS,
     MAX_READ,
+    Agent,
+    AgentUser,
     CheckKind,
     Config,
     Receiver,
@@ -284,9 +287,16 @@ class _Loader:
         defaults = self.section(Schedule, data.get("defaults"), ("defaults",))
         receivers = self.receivers(data.get("receivers"), weak_ok)
         services = self.services(data.get("services"), defaults)
+        agent = self.agent(data.get("agent"), weak_ok, receivers) if "agent" in data else None
         if self.problems:
             raise ConfigError(self.sorted_problems())
-        return Config(path=self.path, settings=settings, receivers=receivers, services=services)
+        return Config(
+            path=self.path,
+            settings=settings,
+            receivers=receivers,
+            services=services,
+            agent=agent,
+        )
 
     def sorted_problems(self) -> list[Problem]:
         unique = dict.fromkeys(self.problems)
@@ -337,6 +347,66 @@ class _Loader:
                 values[key] = self.resolve_path(values[key])
         settings = Settings(**values)
         return settings, settings.allow_weak_crypto
+
+    # --- agent: -------------------------------------------------------------
+
+    def agent(self, data: Any, weak_ok: bool, receivers: tuple[Receiver, ...]) -> Agent | None:
+        """The read-only agent: where it listens, its community and its SNMPv3 users.
+
+        An SNMPv3 user is known by (engine ID, name), and the agent shares the
+        engine ID of the notifications: a user of both the agent and an SNMPv3
+        trap receiver must have the same keys in both, or a manager holding
+        one of them could not use the other.
+        """
+        at: KeyPath = ("agent",)
+        if data is None:
+            self.report(at, "expected a mapping with listen, community and/or users, got nothing")
+            return None
+        section = self.section(AgentSection, data, at)
+        if section is None:
+            return None
+        before = len(self.problems)
+        values: dict[str, Any] = {}
+        if section.listen is not None:
+            values["host"], values["port"] = section.listen
+        if section.community is None and section.community_file is None and not section.users:
+            self.report(at, "missing community or users: nobody could read the agent")
+        values["community"] = self.secret(
+            at, "community", section.community, section.community_file, minimum=1
+        )
+        trap_users = {
+            r.user: r for r in receivers if r.version == "3" and r.mode == "trap" and r.user
+        }
+        users = []
+        first: dict[str, int] = {}
+        for index, item in enumerate(section.users or ()):
+            where = (*at, "users", index)
+            if item.user in first:
+                self.report(
+                    (*where, "user"),
+                    f"duplicate user '{item.user}' (first on line {first[item.user]})",
+                )
+                continue
+            first[item.user] = self.doc.line_of((*where, "user"))
+            if item.priv is not None and item.auth is None:
+                self.report((*where, "priv"), "privacy needs authentication too: add auth")
+            user = AgentUser(
+                item.user,
+                self.usm_key(item.auth, (*where, "auth"), weak_ok),
+                self.usm_key(item.priv, (*where, "priv"), weak_ok),
+            )
+            other = trap_users.get(item.user)
+            if other is not None and (other.auth, other.priv) != (user.auth, user.priv):
+                self.report(
+                    (*where, "user"),
+                    f"receiver '{other.name}' sends SNMPv3 traps as user '{item.user}' with "
+                    "other protocols or keys; one engine ID has one set of keys per user",
+                )
+            users.append(user)
+        values["users"] = tuple(users)
+        if len(self.problems) > before:
+            return None
+        return Agent(**values)
 
     # --- receivers: -------------------------------------------------------
 

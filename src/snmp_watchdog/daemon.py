@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from snmp_watchdog import __version__, state
+from snmp_watchdog.agent.runner import AgentRunner
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.config import load_config
 from snmp_watchdog.exceptions import ConfigError
@@ -71,6 +72,7 @@ class Daemon:
         self.store: Store | None = None
         self.notifier: Notifier | None = None
         self.status_files: StatusFiles | None = None
+        self.agent: AgentRunner | None = None
         self.indexes: dict[str, int] = {}
         self._dirty: dict[str, state.ServiceState] = {}
         self._store_failing = False
@@ -100,6 +102,11 @@ class Daemon:
         initial = self._restore(config, store)
         self.notifier = Notifier(config, store, started=self.started)
         await self.notifier.start()
+        try:
+            await self._start_agent(config, initial)
+        except BaseException:
+            await self.notifier.close()
+            raise
         if config.settings.status_dir is not None:
             self.status_files = StatusFiles(config.settings.status_dir)
             for name, st in initial.items():
@@ -148,6 +155,8 @@ class Daemon:
             for task in (*background, *self._reloads):
                 task.cancel()
             await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
+            if self.agent is not None:
+                self.agent.close()
             self._flush()
             pending = self.notifier.dispatcher.pending()
             await self.notifier.close()
@@ -172,6 +181,20 @@ class Daemon:
         if initial:
             log.info("resumed the state of %d service(s) from %s", len(initial), store.path)
         return initial
+
+    async def _start_agent(self, config: Config, initial: dict[str, state.ServiceState]) -> None:
+        """The read-only agent's table, always kept (a reload may add ``agent:``), and
+        its server when configured: it shares the notifications' engine ID and boots."""
+        assert self.notifier is not None
+        notifier = self.notifier
+        self.agent = AgentRunner(
+            engine_id=notifier.sender.engine_id,
+            boots=notifier.sender.engine_boots,
+            started=self.started,
+            sequence=lambda: notifier.last_sequence,
+        )
+        self.agent.load(config, initial, self.indexes)
+        await self.agent.start(config)
 
     def _stale_after(self, interval: float) -> float:
         """How long without a scheduler pass means stuck (see ``sdnotify``).
@@ -227,12 +250,16 @@ class Daemon:
             log.error("reload rejected: keeping the running configuration")
             self.systemd.ready(self.status_line())
             return
+        if self.agent is not None:
+            await self.agent.reload(config)
         # Receivers first, so that a new service's first notification finds its receiver.
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
         # From here on nothing awaits: no check result comes in halfway.
         added, changed, removed = self.scheduler.update(config.services)
         self.indexes = indexes
+        if self.agent is not None:
+            self.agent.load(config, self.scheduler.states(), indexes)
         for name in removed:
             self._dirty.pop(name, None)
         if removed:
@@ -272,6 +299,8 @@ class Daemon:
             # the service is gone, or its new definition decides from its own checks.
             log.debug("check %s: result of the previous configuration ignored", svc.name)
             return
+        if self.agent is not None:
+            self.agent.result(svc, st, result)
         log.debug(
             "check %s: %s %s (%.1f ms)",
             svc.name,

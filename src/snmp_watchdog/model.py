@@ -147,6 +147,30 @@ class Receiver:
     give_up_after: float = 86400.0
 
 
+#: Where the read-only agent listens unless ``agent.listen`` says otherwise.
+DEFAULT_AGENT_HOST = "127.0.0.1"
+DEFAULT_AGENT_PORT = 1161
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUser:
+    """An SNMPv3 user allowed to read the agent (keys localized to our engine ID)."""
+
+    user: str
+    auth: UsmKey | None = None
+    priv: UsmKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """The optional read-only SNMP agent (``agent:``): where it listens and who may read."""
+
+    host: str = DEFAULT_AGENT_HOST  # an IP address literal
+    port: int = DEFAULT_AGENT_PORT
+    community: Secret | None = None  # SNMPv1/v2c
+    users: tuple[AgentUser, ...] = ()  # SNMPv3
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     state_dir: Path = Path("/var/lib/snmp-watchdog")
@@ -164,6 +188,7 @@ class Config:
     settings: Settings = field(default_factory=Settings)
     receivers: tuple[Receiver, ...] = ()
     services: tuple[Service, ...] = ()
+    agent: Agent | None = None  # None: no agent
 
     def service(self, name: str) -> Service:
         for svc in self.services:

@@ -21,10 +21,8 @@ Rules:
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 from pysnmp.proto.rfc1902 import (
@@ -37,23 +35,23 @@ from pysnmp.proto.rfc1902 import (
 )
 
 from snmp_watchdog import __version__, model
-from snmp_watchdog.notify.mib import FLAG_VALUES, STATE_VALUES, Oids
+from snmp_watchdog.notify.mib import (
+    FLAG_VALUES,
+    HOST_SIZE,
+    KIND_SIZE,
+    MAX32,
+    NAME_SIZE,
+    STATE_VALUES,
+    TEXT_SIZE,
+    VERSION_SIZE,
+    Oids,
+    date_and_time,
+    display_text,
+)
 from snmp_watchdog.reasons import Reason
-
-#: Largest value of Unsigned32, Gauge32, Counter32 and TimeTicks.
-MAX32: Final = 2**32 - 1
-
-#: SIZE limits of the MIB's text objects.
-NAME_SIZE: Final = 255
-HOST_SIZE: Final = 255
-KIND_SIZE: Final = 32
-TEXT_SIZE: Final = 255
-VERSION_SIZE: Final = 64
 
 SERVICE_KINDS: Final = ("down", "up", "flapping", "flapping_ended")
 
-_ESCAPES: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_ELLIPSIS: Final = "..."
 
 Varbind = tuple[tuple[int, ...], object]
 
@@ -207,52 +205,6 @@ class MessageBuilder:
             ((*o.notification_sequence, 0), _sequence(sequence)),
         )
         return Message(o.test_notification, varbinds, "test", sequence, None)
-
-
-def date_and_time(at_wall: float) -> bytes:
-    """``DateAndTime`` (SNMPv2-TC) of a time since the epoch: 11 octets, UTC."""
-    t = datetime.fromtimestamp(at_wall, tz=UTC)
-    return struct.pack(
-        ">HBBBBBBcBB",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        t.microsecond // 100_000,
-        b"+",
-        0,
-        0,
-    )
-
-
-def display_text(text: str, size: int) -> str:
-    """``text`` as printable ASCII of at most ``size`` characters (see the module's rules)."""
-    pieces = [_printable(ch) for ch in text]
-    if sum(map(len, pieces)) <= size:
-        return "".join(pieces)
-    kept: list[str] = []
-    room = size - len(_ELLIPSIS)
-    for piece in pieces:
-        if len(piece) > room:
-            break
-        kept.append(piece)
-        room -= len(piece)
-    return "".join(kept) + _ELLIPSIS
-
-
-def _printable(ch: str) -> str:
-    code = ord(ch)
-    if 0x20 <= code < 0x7F:
-        return ch
-    if ch in _ESCAPES:
-        return _ESCAPES[ch]
-    if code <= 0xFF:
-        return f"\\x{code:02x}"
-    if code <= 0xFFFF:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
 
 
 def _text(text: str, size: int) -> OctetString:

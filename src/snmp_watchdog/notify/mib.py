@@ -23,7 +23,9 @@ Rules:
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Final
 
@@ -36,6 +38,22 @@ SYS_UPTIME: Final = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 
 MODULE: Final = "SNMP-WATCHDOG-MIB"
 MIB_FILE: Final = f"{MODULE}.txt"
+
+#: Largest value of Unsigned32, Gauge32, Counter32 and TimeTicks.
+MAX32: Final = 2**32 - 1
+
+#: SIZE limits of the MIB's text objects.
+NAME_SIZE: Final = 255
+HOST_SIZE: Final = 255
+KIND_SIZE: Final = 32
+TEXT_SIZE: Final = 255
+VERSION_SIZE: Final = 64
+
+#: ``DateAndTime`` of a time that is not known: eight zero octets.
+UNKNOWN_TIME: Final = bytes(8)
+
+_ESCAPES: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_ELLIPSIS: Final = "..."
 
 #: Values of ``WdState``, keyed by the state names of the state machine.
 STATE_VALUES: Final[Mapping[str, int]] = {"up": 1, "down": 2, "unknown": 3}
@@ -121,6 +139,7 @@ class Oids:
         "service_flapping_ended",
         "service_host",
         "service_last_change",
+        "service_last_check",
         "service_name",
         "service_port",
         "service_previous_state",
@@ -173,6 +192,7 @@ class Oids:
         self.service_last_change: Final = (*c, 12)
         self.service_checks: Final = (*c, 13)
         self.service_failures: Final = (*c, 14)
+        self.service_last_check: Final = (*c, 15)
 
     def by_name(self) -> dict[str, tuple[int, ...]]:
         """MIB descriptor -> OID, for the root and every attribute."""
@@ -236,3 +256,49 @@ def _replace_once(text: str, old: str, new: str) -> str:
 
 def _dotted(oid: tuple[int, ...]) -> str:
     return ".".join(map(str, oid))
+
+
+def date_and_time(at_wall: float) -> bytes:
+    """``DateAndTime`` (SNMPv2-TC) of a time since the epoch: 11 octets, UTC."""
+    t = datetime.fromtimestamp(at_wall, tz=UTC)
+    return struct.pack(
+        ">HBBBBBBcBB",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.microsecond // 100_000,
+        b"+",
+        0,
+        0,
+    )
+
+
+def display_text(text: str, size: int) -> str:
+    """``text`` as printable ASCII of at most ``size`` characters (see the module's rules)."""
+    pieces = [_printable(ch) for ch in text]
+    if sum(map(len, pieces)) <= size:
+        return "".join(pieces)
+    kept: list[str] = []
+    room = size - len(_ELLIPSIS)
+    for piece in pieces:
+        if len(piece) > room:
+            break
+        kept.append(piece)
+        room -= len(piece)
+    return "".join(kept) + _ELLIPSIS
+
+
+def _printable(ch: str) -> str:
+    code = ord(ch)
+    if 0x20 <= code < 0x7F:
+        return ch
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

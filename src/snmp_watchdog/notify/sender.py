@@ -217,6 +217,26 @@ class _EngineTime(rfc1902.Integer32):  # type: ignore[misc]
         return rfc1902.Integer32(min(elapsed, MAX_ENGINE_TIME))
 
 
+def new_engine(engine_id: bytes, boots: int) -> SnmpEngine:
+    """An SNMP engine with this engine ID and ``snmpEngineBoots``, its engine time
+    on the monotonic clock, and no automatic copies of USM users (see above)."""
+    # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
+    # boots are then set in the engine's own MIB instances, where USM reads them.
+    snmp = SnmpEngine()
+    mib = snmp.get_mib_builder()
+    (engine_id_mib, boots_mib) = mib.import_symbols(
+        "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
+    )
+    engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
+    snmp.snmpEngineID = engine_id_mib.syntax
+    boots_mib.syntax = boots_mib.syntax.clone(boots)
+    (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
+    time_mib.syntax = _EngineTime(int(time.monotonic()))
+    (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
+    discovery.syntax = discovery.syntax.clone(0)
+    return snmp
+
+
 class Sender:
     """Sends notifications to configured receivers over one pysnmp engine."""
 
@@ -261,20 +281,7 @@ class Sender:
             boots = identity.next_boots(state_dir, engine_id)
         else:
             boots = max(identity.current_boots(state_dir, engine_id), 1)
-        # Without an engine ID argument pysnmp writes nothing under $TMPDIR; the ID and
-        # boots are then set in the engine's own MIB instances, where USM reads them.
-        snmp = SnmpEngine()
-        mib = snmp.get_mib_builder()
-        (engine_id_mib, boots_mib) = mib.import_symbols(
-            "__SNMP-FRAMEWORK-MIB", "snmpEngineID", "snmpEngineBoots"
-        )
-        engine_id_mib.syntax = engine_id_mib.syntax.clone(engine_id)
-        snmp.snmpEngineID = engine_id_mib.syntax
-        boots_mib.syntax = boots_mib.syntax.clone(boots)
-        (time_mib,) = mib.import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineTime")
-        time_mib.syntax = _EngineTime(int(time.monotonic()))
-        (discovery,) = mib.import_symbols("__PYSNMP-USM-MIB", "pysnmpUsmDiscovery")
-        discovery.syntax = discovery.syntax.clone(0)  # no automatic user copies (see above)
+        snmp = new_engine(engine_id, boots)
         self._engine, self._engine_id, self._boots = snmp, engine_id, boots
         await self._domain(socket.AF_INET, None)
         for receiver in self._receivers.values():
