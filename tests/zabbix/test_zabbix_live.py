@@ -10,16 +10,16 @@ stopping B opens one for B; starting A again closes A's problem and leaves
 B's open.
 
 Polling: the template *snmp-watchdog by SNMP* on a host whose SNMP interface
-is an agent serving wdServiceTable: its low-level discovery finds each row,
-the items read each service's state, and the trigger prototype makes a
-problem for the service that is down and no other, resolved when it is up.
+is the agent of a real ``watchdog run``: its low-level discovery walks
+wdServiceTable and finds each service, the items read each one's state and
+reason, and the trigger prototype makes a problem for the service that is
+down and no other, resolved when it is up again.
 
 Run with ``bash scripts/zabbix-test.sh``; excluded from the default run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,12 +33,11 @@ import pytest
 from tests.helpers import Daemon, SmtpServer, free_udp_port
 from tests.snmptrapd import Snmptrapd
 from tests.zabbix.conftest import POLLING_TEMPLATE, REPO, TRAPS_TEMPLATE, Zabbix
-from tests.zabbix.stack import stop_process, wait_until
+from tests.zabbix.stack import wait_until
 
 pytestmark = [pytest.mark.zabbix]
 
 RECEIVER = REPO / "contrib" / "zabbix" / "zabbix_trap_receiver.py"
-STATIC_TABLE = Path(__file__).with_name("static_table.py")
 MIB_DIR = REPO / "mibs"
 IETF_MIBS = Path(os.environ.get("WATCHDOG_IETF_MIBS", REPO / ".cache" / "ietf-mibs"))
 WAIT = 60.0  # seconds for Zabbix to show a change; it takes a few
@@ -215,134 +214,62 @@ def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
 # --- polling --------------------------------------------------------------------
 
 
-class StaticAgent:
-    """Net-SNMP's snmpd answering SNMPv2c (community public) on loopback, wdServiceTable
-    served by ``static_table.py`` from a JSON file that the test rewrites."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_udp_port()
-        self.table = directory / "table.json"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        tmp = self.table.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows))
-        tmp.replace(self.table)
-
-    def start(self) -> StaticAgent:
-        program = self.directory / "wdservicetable"
-        program.write_text(f'#!/bin/sh\nexec {sys.executable} {STATIC_TABLE} {self.table} "$@"\n')
-        program.chmod(0o755)
-        conf = self.directory / "snmpd.conf"
-        conf.write_text(
-            f"rocommunity public 127.0.0.1\npass .1.3.6.1.4.1.8072.9999.9999.1.2 {program}\n"
-        )
-        persistent = self.directory / "persistent"
-        persistent.mkdir(exist_ok=True)
-        with (self.directory / "snmpd.log").open("wb") as log:
-            self._proc = subprocess.Popen(
-                [
-                    *("snmpd", "-f", "-Lo", "-C", "-c", str(conf), "-M", "/dev/null", "-m", ""),
-                    f"udp:127.0.0.1:{self.port}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, SNMP_PERSISTENT_DIR=str(persistent)),
-            )
-        wait_until("snmpd answers", self._answers, 15)
-        return self
-
-    def _answers(self) -> bool | None:
-        done = subprocess.run(
-            [
-                *("snmpget", "-v2c", "-c", "public", "-On", "-t", "1", "-r", "0"),
-                *(f"udp:127.0.0.1:{self.port}", "1.3.6.1.4.1.8072.9999.9999.1.2.1.2.1"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return True if "alpha" in done.stdout else None
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            stop_process(self._proc, timeout=5)
-            self._proc = None
-
-
-def row(index: int, name: str, port: int, *, state: int, reason: int, text: str) -> dict[str, Any]:
-    return {
-        "index": index,
-        "name": name,
-        "host": "127.0.0.1",
-        "port": port,
-        "check": "smtp",
-        "state": state,
-        "previous": 1,
-        "reason": reason,
-        "text": text,
-    }
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[StaticAgent]:
-    served = StaticAgent(tmp_path / "snmpd")
-    served.write(
-        [
-            row(1, "alpha", 2525, state=1, reason=0, text="220 greeting"),
-            row(7, "beta", 2526, state=2, reason=1, text="refused"),
-        ]
-    )
-    yield served.start()
-    served.stop()
-
-
 def test_discovery_finds_each_service_and_a_problem_follows_its_polled_state(
-    zabbix: Zabbix, agent: StaticAgent
+    zabbix: Zabbix,
+    tmp_path: Path,
+    daemons: list[Daemon],
+    servers: tuple[SmtpServer, SmtpServer],
 ) -> None:
+    alpha, beta = servers
+    agent_port = free_udp_port()
+    cfg = tmp_path / "watchdog.yaml"
+    cfg.write_text(
+        config_text(tmp_path, free_udp_port(), alpha.port, beta.port)
+        + f"agent:\n  listen: 127.0.0.1:{agent_port}\n  community: public\n"
+    )
+    alpha.start()  # beta stays down: nothing listens on its port
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"beta .* is DOWN \(was unknown\) after 2 checks: refused")
+    d.wait_for("check alpha: ok", start=d.wait_for("check alpha: ok") + 1)
+
     macros = {"{$WD.LLD.INTERVAL}": "5s", "{$WD.POLL.INTERVAL}": "2s"}
     host_id = zabbix.create_host(
-        "watchdog-agent", POLLING_TEMPLATE, "127.0.0.1", agent.port, macros
+        "watchdog-agent", POLLING_TEMPLATE, "127.0.0.1", agent_port, macros
     )
     try:
 
-        def states() -> dict[str, str] | None:
+        def values(key: str) -> dict[str, str] | None:
+            """Item key -> last value, once the discovered items of both services have one."""
             items = zabbix.api.call(
-                "item.get",
-                {"hostids": [host_id], "search": {"key_": "wd.service.state"}, "output": "extend"},
+                "item.get", {"hostids": [host_id], "search": {"key_": key}, "output": "extend"}
             )
-            values = {i["key_"]: i["lastvalue"] for i in items if i["lastclock"] != "0"}
-            return values if len(values) == 2 else None
+            found = {i["key_"]: i["lastvalue"] for i in items if i["lastclock"] != "0"}
+            return found if len(found) == 2 else None
 
         try:
-            found = wait_until("discovered items with values", states, WAIT, 1)
+            states = wait_until("discovered items with values", lambda: values("state"), WAIT, 1)
         except AssertionError:
             rules = zabbix.api.call("discoveryrule.get", {"hostids": [host_id]})
             raise AssertionError(
                 f"discovery: {rules}\nserver log:\n{zabbix.server.log_text()[-3000:]}"
             ) from None
-        assert found == {'wd.service.state["alpha"]': "1", 'wd.service.state["beta"]': "2"}
-        reasons = zabbix.api.call(
-            "item.get", {"hostids": [host_id], "search": {"key_": "wd.service.reason["}}
-        )
-        assert len(reasons) == 2
+        assert states == {'wd.service.state["alpha"]': "1", 'wd.service.state["beta"]': "2"}
+        reasons = wait_until("reasons", lambda: values("wd.service.reason["), WAIT, 1)
+        assert reasons == {'wd.service.reason["alpha"]': "0", 'wd.service.reason["beta"]': "1"}
 
-        open_problems = wait_for_problems(zabbix, host_id, {"beta"}, "a polled problem for beta")
-        (beta_problem,) = open_problems["beta"]
-        assert beta_problem["name"] == "Service beta (127.0.0.1:2526) is down (polled)"
+        found = wait_for_problems(zabbix, host_id, {"beta"}, "a polled problem for beta")
+        (beta_problem,) = found["beta"]
+        assert beta_problem["name"] == f"Service beta (127.0.0.1:{beta.port}) is down (polled)"
 
-        agent.write(
-            [
-                row(1, "alpha", 2525, state=2, reason=2, text="timeout"),
-                row(7, "beta", 2526, state=1, reason=0, text="220 greeting"),
-            ]
-        )
-        wait_for_problems(zabbix, host_id, {"alpha"}, "alpha down, beta up again")
+        beta.start()
+        alpha.stop()
+        d.wait_for(r"alpha .* is DOWN \(was up\) after 2 checks: refused")
+        d.wait_for(r"beta .* is UP \(was down\) after 2 checks: ok")
+        found = wait_for_problems(zabbix, host_id, {"alpha"}, "alpha down, beta up again")
         events = {e["eventid"]: e for e in problem_events(zabbix, host_id)}
+        assert set(events) == {beta_problem["eventid"], found["alpha"][0]["eventid"]}
         assert events[beta_problem["eventid"]]["r_eventid"] != "0"
+        assert d.stop() == 0
     finally:
         zabbix.delete_host(host_id)
