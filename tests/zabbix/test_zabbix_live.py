@@ -4,8 +4,9 @@ Traps: a real ``watchdog run`` watches two SMTP servers on loopback and sends
 SNMPv2c traps to a real snmptrapd, whose ``traphandle`` is
 ``contrib/zabbix/zabbix_trap_receiver.py`` writing the server's
 SNMPTrapperFile. The host that stands for the watchdog has an SNMP interface
-at the watchdog's source address and the template *snmp-watchdog by SNMP
-traps*. Through the API: stopping A opens one problem tagged service=A;
+at the watchdog's source address (``source: 127.0.0.2``) and the template
+*snmp-watchdog by SNMP traps*. Through the API: stopping A opens one problem
+tagged service=A;
 stopping B opens one for B; starting A again closes A's problem and leaves
 B's open.
 
@@ -40,6 +41,7 @@ pytestmark = [pytest.mark.zabbix]
 RECEIVER = REPO / "contrib" / "zabbix" / "zabbix_trap_receiver.py"
 MIB_DIR = REPO / "mibs"
 IETF_MIBS = Path(os.environ.get("WATCHDOG_IETF_MIBS", REPO / ".cache" / "ietf-mibs"))
+SOURCE = "127.0.0.2"  # the address the watchdog sends its traps from
 WAIT = 60.0  # seconds for Zabbix to show a change; it takes a few
 
 
@@ -116,7 +118,7 @@ receivers:
     version: 2c
     community: public
     mode: trap
-    source: 127.0.0.1
+    source: {SOURCE}
 services:
   - name: alpha
     host: 127.0.0.1
@@ -153,7 +155,9 @@ def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
         mibs=["SNMPv2-MIB", "SNMP-WATCHDOG-MIB"],
         extra_config=[f"traphandle default {sys.executable} {RECEIVER} --file {zabbix.trap_file}"],
     )
-    host_id = zabbix.create_host("watchdog-traps", TRAPS_TEMPLATE, "127.0.0.1", 161)
+    # Zabbix files a trap under the host whose SNMP interface has the trap's source address:
+    # the receiver's source:, not the 127.0.0.1 the agent test's host has.
+    host_id = zabbix.create_host("watchdog-traps", TRAPS_TEMPLATE, SOURCE, 161)
     try:
         cfg = tmp_path / "watchdog.yaml"
         cfg.write_text(config_text(tmp_path, trapd.port or 0, alpha.port, beta.port))
