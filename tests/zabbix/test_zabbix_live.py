@@ -6,9 +6,8 @@ SNMPv2c traps to a real snmptrapd, whose ``traphandle`` is
 SNMPTrapperFile. The host that stands for the watchdog has an SNMP interface
 at the watchdog's source address (``source: 127.0.0.2``) and the template
 *snmp-watchdog by SNMP traps*. Through the API: stopping A opens one problem
-tagged service=A;
-stopping B opens one for B; starting A again closes A's problem and leaves
-B's open.
+tagged service=A; stopping B opens one for B; starting A again closes A's
+problem and leaves B's open.
 
 Polling: the template *snmp-watchdog by SNMP* on a host whose SNMP interface
 is the agent of a real ``watchdog run``: its low-level discovery walks
