@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from tests.zabbix.stack import Api, Frontend, Postgres, Server
+from tests.zabbix.stack import (
+    FRONTEND_DIR,
+    SCHEMA_DIR,
+    ZABBIX_SERVER,
+    Api,
+    Frontend,
+    Postgres,
+    Server,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "contrib" / "zabbix" / "template_snmp_watchdog.yaml"
@@ -65,6 +73,9 @@ class Zabbix:
 @pytest.fixture(scope="package")
 def zabbix() -> Iterator[Zabbix]:
     """PostgreSQL, the API and zabbix_server, with the template imported; stopped at the end."""
+    missing = [p for p in (ZABBIX_SERVER, SCHEMA_DIR, FRONTEND_DIR) if not Path(p).exists()]
+    if missing:
+        pytest.fail(f"{', '.join(map(str, missing))} missing: run bash scripts/zabbix-test.sh")
     directory = Path(tempfile.mkdtemp(prefix="wd-zabbix-"))
     db = Postgres()
     server = Server(directory, db, directory / "snmptraps.log")

@@ -1,7 +1,7 @@
 """contrib/zabbix proven against a real Zabbix 6.0 server (Debian's packages).
 
 Traps: a real ``watchdog run`` watches two SMTP servers on loopback and sends
-SNMPv2c traps to a real snmptrapd, whose ``traphandle`` is
+SNMPv2c traps, or SNMPv3 authPriv informs, to a real snmptrapd, whose ``traphandle`` is
 ``contrib/zabbix/zabbix_trap_receiver.py`` writing the server's
 SNMPTrapperFile. The host that stands for the watchdog has an SNMP interface
 at the watchdog's source address (``source: 127.0.0.2``) and the template
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Daemon, SmtpServer, free_udp_port
-from tests.snmptrapd import Snmptrapd
+from tests.snmptrapd import Snmptrapd, User
 from tests.zabbix.conftest import POLLING_TEMPLATE, REPO, TRAPS_TEMPLATE, Zabbix
 from tests.zabbix.stack import wait_until
 
@@ -40,6 +40,8 @@ pytestmark = [pytest.mark.zabbix]
 RECEIVER = REPO / "contrib" / "zabbix" / "zabbix_trap_receiver.py"
 MIB_DIR = REPO / "mibs"
 IETF_MIBS = Path(os.environ.get("WATCHDOG_IETF_MIBS", REPO / ".cache" / "ietf-mibs"))
+AUTH_KEY = "zabbix-auth-key"
+PRIV_KEY = "zabbix-priv-key"
 SOURCE = "127.0.0.2"  # the address the watchdog sends its traps from
 WAIT = 60.0  # seconds for Zabbix to show a change; it takes a few
 
@@ -99,7 +101,21 @@ def read(path: Path) -> str:
         return ""
 
 
-def config_text(tmp_path: Path, trapd_port: int, alpha: int, beta: int) -> str:
+#: The receiver, as a plain SNMPv2c trap and as the authenticated, encrypted and
+#: acknowledged SNMPv3 inform that contrib/zabbix/README.md suggests.
+RECEIVERS = {
+    "v2c trap": "version: 2c\n    community: public\n    mode: trap",
+    "v3 inform": (
+        "version: 3\n    user: watchdog\n    mode: inform\n"
+        f"    auth: {{protocol: SHA256, key: {AUTH_KEY}}}\n"
+        f"    priv: {{protocol: AES128, key: {PRIV_KEY}}}"
+    ),
+}
+
+
+def config_text(
+    tmp_path: Path, trapd_port: int, alpha: int, beta: int, receiver: str = "v2c trap"
+) -> str:
     return f"""
 watchdog:
   state_dir: {tmp_path}/state
@@ -114,9 +130,7 @@ receivers:
   - name: zabbix
     host: 127.0.0.1
     port: {trapd_port}
-    version: 2c
-    community: public
-    mode: trap
+    {RECEIVERS[receiver]}
     source: {SOURCE}
 services:
   - name: alpha
@@ -140,27 +154,45 @@ def servers() -> Iterator[tuple[SmtpServer, SmtpServer]]:
         server.stop()
 
 
-def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
-    zabbix: Zabbix,
-    tmp_path: Path,
-    snmptrapd: Callable[..., Snmptrapd],
-    daemons: list[Daemon],
-    servers: tuple[SmtpServer, SmtpServer],
-) -> None:
-    alpha, beta = servers
-    trapd = snmptrapd(
+@pytest.fixture
+def trapd(zabbix: Zabbix, snmptrapd: Callable[..., Snmptrapd]) -> Snmptrapd:
+    """snmptrapd handing every notification to the receiver script, which writes the file
+    the Zabbix server's SNMP trapper reads."""
+    return snmptrapd(
         communities=["public"],
+        users=[User("watchdog", "SHA-256", AUTH_KEY, "AES", PRIV_KEY)],  # for informs: no -e
         mib_dirs=[MIB_DIR, IETF_MIBS],
         mibs=["SNMPv2-MIB", "SNMP-WATCHDOG-MIB"],
         extra_config=[f"traphandle default {sys.executable} {RECEIVER} --file {zabbix.trap_file}"],
     )
+
+
+@pytest.fixture(params=list(RECEIVERS))
+def trap_config(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    trapd: Snmptrapd,
+    servers: tuple[SmtpServer, SmtpServer],
+) -> Path:
+    """The watchdog's configuration: both services, snmptrapd as the receiver (each form)."""
+    alpha, beta = servers
+    cfg = tmp_path / "watchdog.yaml"
+    cfg.write_text(config_text(tmp_path, trapd.port or 0, alpha.port, beta.port, request.param))
+    return cfg
+
+
+def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
+    zabbix: Zabbix,
+    trap_config: Path,
+    daemons: list[Daemon],
+    servers: tuple[SmtpServer, SmtpServer],
+) -> None:
+    alpha, beta = servers
+    cfg = trap_config
     # Zabbix files a trap under the host whose SNMP interface has the trap's source address:
     # the receiver's source:, not the 127.0.0.1 the agent test's host has.
     host_id = zabbix.create_host("watchdog-traps", TRAPS_TEMPLATE, SOURCE, 161)
     try:
-        cfg = tmp_path / "watchdog.yaml"
-        cfg.write_text(config_text(tmp_path, trapd.port or 0, alpha.port, beta.port))
-
         # The path works end to end once the server knows the new host: a test
         # notification lands in its item (sent again until it does).
         def test_value_arrived() -> bool | None:
