@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmp smitools systemd "${ZABBIX_DEBS[@]}"
+ensure_debs snmptrapd snmpd snmp smitools systemd "${ZABBIX_DEBS[@]}"
 ensure_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"

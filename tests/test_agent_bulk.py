@@ -61,3 +61,53 @@ def test_a_bulk_walk_of_long_rows_with_huge_repetitions_gets_every_row(tmp_path:
     lines = run_bounded(walk(), 60)
     assert len(lines) == ROWS
     assert lines[-1].endswith(f'"{ROWS:04d}' + "x" * 60 + '"')
+
+
+def test_a_get_whose_answer_cannot_fit_gets_too_big() -> None:
+    """A GET of 400 reason texts of 255 characters (over 100 KiB, sent as one
+    SNMPv2c message; Net-SNMP's tools stop at 128 names): tooBig, not silence."""
+    from pyasn1.codec.ber import decoder, encoder  # noqa: PLC0415
+    from pysnmp.proto.api import v2c  # noqa: PLC0415
+
+    oids = Oids()
+    table = StatusTable(oids, version="t", uptime=lambda: 0, sequence=lambda: 0)
+    st = ServiceState(state=State.DOWN, since=1.0, failures=3, notified=State.DOWN)
+    for index in range(1, 401):
+        svc = model.Service(name=f"s{index}", host="h", port=25, check=model.CheckKind.SMTP)
+        confirmed = Confirmed(Reason.UNEXPECTED_RESPONSE, "y" * 255, 1.0, 3)
+        table.put(index, service_row(svc, st, confirmed, mono_now=1.0, wall_now=time.time()))
+    port = free_udp_port()
+    agent = model.Agent(port=port, community=model.Secret("big"))
+    pdu = v2c.GetRequestPDU()
+    v2c.apiPDU.set_defaults(pdu)
+    v2c.apiPDU.set_varbinds(
+        pdu, [((*oids.service_reason_text, i), v2c.Null("")) for i in range(1, 401)]
+    )
+    message = v2c.Message()
+    v2c.apiMessage.set_defaults(message)
+    v2c.apiMessage.set_community(message, "big")
+    v2c.apiMessage.set_pdu(message, pdu)
+    request = encoder.encode(message)
+
+    async def get() -> bytes:
+        server = AgentServer(agent, table, engine_id=bytes.fromhex("80001f880501"), boots=1)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bytes] = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                answer.set_result(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        try:
+            transport.sendto(request)
+            return await asyncio.wait_for(answer, 5)
+        finally:
+            transport.close()
+            server.close()
+
+    response, _ = decoder.decode(run_bounded(get(), 30), asn1Spec=v2c.Message())
+    got = v2c.apiMessage.get_pdu(response)
+    assert int(v2c.apiPDU.get_error_status(got)) == 1  # tooBig
+    assert not v2c.apiPDU.get_varbinds(got)

@@ -265,3 +265,5 @@ def test_the_confirming_check_stays_in_the_row_until_the_next_change() -> None:
     assert t.indexes() == [4, 9]
     snap.load([svc("web")], {}, {"web": 9})
     assert t.indexes() == [9]
+    snap.result(mail, later, CheckResult(Reason.OK, "", 0.001))  # not loaded: no row
+    assert t.indexes() == [9]

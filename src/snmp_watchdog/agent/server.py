@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, Final
 
 from pysnmp.carrier.asyncio.dgram import udp, udp6
 from pysnmp.entity import config
@@ -39,7 +39,13 @@ from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.proto.api import v2c
 
 from snmp_watchdog import model
-from snmp_watchdog.agent.table import NO_SUCH_OBJECT, StatusTable, Value
+from snmp_watchdog.agent.table import (
+    NO_SUCH_INSTANCE,
+    NO_SUCH_OBJECT,
+    Missing,
+    StatusTable,
+    Value,
+)
 from snmp_watchdog.exceptions import WatchdogError
 from snmp_watchdog.notify.sender import AUTH_PROTOCOLS, PRIV_PROTOCOLS, new_engine
 
@@ -55,6 +61,7 @@ _LEVELS = {"noAuthNoPriv": 1, "authNoPriv": 2, "authPriv": 3}
 _COMMUNITY_ENTRY = "wd-agent"
 
 # RFC 3416 error-status values
+_TOO_BIG = 1
 _NO_ACCESS = 6
 _NOT_WRITABLE = 17
 _AUTHORIZATION_ERROR = 16
@@ -64,7 +71,19 @@ class AgentError(WatchdogError):
     """The agent cannot start (its address cannot be bound)."""
 
 
-def _wire(value: Value) -> Any:
+#: What a lookup found: a value of the table, or one of the exception markers.
+Found = tuple[Any, "Value | Missing"]
+END_OF_VIEW: Final = Missing("END_OF_VIEW")
+
+
+def _wire(value: Value | Missing) -> Any:
+    if value is NO_SUCH_OBJECT:
+        return rfc1905.noSuchObject
+    if value is NO_SUCH_INSTANCE:
+        return rfc1905.noSuchInstance
+    if value is END_OF_VIEW:
+        return rfc1905.endOfMibView
+    assert isinstance(value, tuple)
     kind, raw = value
     if kind == "string":
         return rfc1902.OctetString(raw)
@@ -87,8 +106,10 @@ def _arcs_size(oid: tuple[int, ...]) -> int:
     return sum(1 if a < 0x80 else 2 if a < 0x4000 else 3 if a < 0x200000 else 5 for a in oid)
 
 
-def _size(oid: tuple[int, ...], value: Value) -> int:
+def _size(oid: tuple[int, ...], value: Value | Missing) -> int:
     """An upper bound of the BER size of one variable binding."""
+    if not isinstance(value, tuple):
+        return _arcs_size(oid) + 8
     kind, raw = value
     if kind == "string":
         body = len(raw)  # type: ignore[arg-type]
@@ -130,20 +151,12 @@ class _Responder(cmdrsp.CommandResponderBase):  # type: ignore[misc]
         if needed is None or int(request["securityLevel"]) < needed:
             self._reply(engine, state_reference, _AUTHORIZATION_ERROR, 1, varbinds)
         elif tag == rfc1905.GetRequestPDU.tagSet:
-            out = []
-            for oid, _ in varbinds:
-                found = table.get(tuple(oid))
-                if isinstance(found, tuple):
-                    out.append((oid, _wire(found)))
-                elif found is NO_SUCH_OBJECT:
-                    out.append((oid, rfc1905.noSuchObject))
-                else:
-                    out.append((oid, rfc1905.noSuchInstance))
-            self._reply(engine, state_reference, 0, 0, out)
+            found = [(oid, table.get(tuple(oid))) for oid, _ in varbinds]
+            self._answer(engine, state_reference, found)
         elif tag == rfc1905.GetNextRequestPDU.tagSet:
-            self._reply(engine, state_reference, 0, 0, [self._next(oid) for oid, _ in varbinds])
+            self._answer(engine, state_reference, [self._next(oid) for oid, _ in varbinds])
         elif tag == rfc1905.GetBulkRequestPDU.tagSet:
-            self._reply(engine, state_reference, 0, 0, self._bulk(pdu, varbinds))
+            self._answer(engine, state_reference, self._bulk(pdu, varbinds))
         elif varbinds:  # SET: nothing here is writable
             mine = table.get(tuple(varbinds[0][0])) is not NO_SUCH_OBJECT
             self._reply(engine, state_reference, _NOT_WRITABLE if mine else _NO_ACCESS, 1, varbinds)
@@ -156,45 +169,35 @@ class _Responder(cmdrsp.CommandResponderBase):  # type: ignore[misc]
     ) -> None:
         self.send_varbinds(engine, state_reference, status, index, varbinds)
 
-    def _next(self, oid: Any) -> tuple[Any, Any]:
-        found = self._agent.table.next(tuple(oid))
-        if found is None:
-            return oid, rfc1905.endOfMibView
-        return rfc1902.ObjectName(found[0]), _wire(found[1])
+    def _answer(self, engine: SnmpEngine, state_reference: Any, found: list[Found]) -> None:
+        """The variables found, or tooBig when they would not fit in one message."""
+        if sum(_size(tuple(oid), value) for oid, value in found) > self._max_size - HEADROOM:
+            self._reply(engine, state_reference, _TOO_BIG, 0, [])
+            return
+        self._reply(engine, state_reference, 0, 0, [(oid, _wire(v)) for oid, v in found])
 
-    def _bulk(self, pdu: Any, varbinds: list[Any]) -> list[Any]:
-        """RFC 3416 4.2.3, bounded by MAX_VARBINDS and the message size."""
-        table = self._agent.table
+    def _next(self, oid: Any) -> Found:
+        found = self._agent.table.next(tuple(oid))
+        return (oid, END_OF_VIEW) if found is None else (rfc1902.ObjectName(found[0]), found[1])
+
+    def _bulk(self, pdu: Any, varbinds: list[Any]) -> list[Found]:
+        """RFC 3416 4.2.3: non-repeaters once, then rows of repetitions while they fit
+        (in the message and in ``max_varbinds``)."""
         non_repeaters = max(int(v2c.apiBulkPDU.get_non_repeaters(pdu)), 0)
         repetitions = max(int(v2c.apiBulkPDU.get_max_repetitions(pdu)), 0)
         n = min(non_repeaters, len(varbinds))
-        out: list[Any] = []
-        room = self._max_size - HEADROOM
-        for oid, _ in varbinds[:n]:
-            out.append(self._next(oid))
-        room -= sum(_arcs_size(tuple(oid)) + 16 for oid, _ in out)
-        cursors = [tuple(oid) for oid, _ in varbinds[n:]]
-        for _ in range(repetitions):
-            if not cursors:
-                break
-            row: list[Any] = []
-            done = True
-            for i, cursor in enumerate(cursors):
-                found = table.next(cursor)
-                if found is None:
-                    row.append((rfc1902.ObjectName(cursor), rfc1905.endOfMibView))
-                    room -= _arcs_size(cursor) + 4
-                    continue
-                done = False
-                oid, value = found
-                room -= _size(oid, value)
-                row.append((rfc1902.ObjectName(oid), _wire(value)))
-                cursors[i] = oid
+        out = [self._next(oid) for oid, _ in varbinds[:n]]
+        room = self._max_size - HEADROOM - sum(_size(tuple(oid), v) for oid, v in out)
+        cursors = [oid for oid, _ in varbinds[n:]]
+        for _ in range(repetitions if cursors else 0):
+            row = [self._next(cursor) for cursor in cursors]
+            room -= sum(_size(tuple(oid), v) for oid, v in row)
             if (room < 0 or len(out) + len(row) > self._agent.max_varbinds) and out:
                 break
             out.extend(row)
-            if done:
+            if all(value is END_OF_VIEW for _, value in row):
                 break
+            cursors = [oid for oid, _ in row]
         return out
 
 

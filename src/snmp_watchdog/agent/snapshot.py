@@ -65,8 +65,15 @@ class Snapshot:
         self._known = known
 
     def result(self, svc: Service, st: state.ServiceState, result: CheckResult) -> None:
-        """A check of a service ``load`` knows has ended and left it in state ``st``."""
-        index, since, confirmed = self._known[svc.name]
+        """A check has ended and left ``svc`` in state ``st``.
+
+        A service ``load`` has not seen yet (a reload that adds the agent is
+        still starting it) is left for the ``load`` that follows.
+        """
+        known = self._known.get(svc.name)
+        if known is None:
+            return
+        index, since, confirmed = known
         if st.since != since:
             count = st.successes if st.state is state.State.UP else st.failures
             confirmed = Confirmed(result.reason, result.detail, result.elapsed, count)

@@ -69,7 +69,9 @@ FIRST_COLUMN: Final = 2
 LAST_COLUMN: Final = 15
 
 
-class _Missing:
+class Missing:
+    """An exception value of SNMPv2: no such object or instance, end of the view."""
+
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
@@ -80,9 +82,9 @@ class _Missing:
 
 
 #: ``get`` of an OID that is no object of this table.
-NO_SUCH_OBJECT: Final = _Missing("NO_SUCH_OBJECT")
+NO_SUCH_OBJECT: Final = Missing("NO_SUCH_OBJECT")
 #: ``get`` of an object of this table at an instance that does not exist.
-NO_SUCH_INSTANCE: Final = _Missing("NO_SUCH_INSTANCE")
+NO_SUCH_INSTANCE: Final = Missing("NO_SUCH_INSTANCE")
 
 Scalar = Value | Callable[[], Value]
 
@@ -255,7 +257,7 @@ class StatusTable:
 
     # -- reading --
 
-    def get(self, oid: Oid) -> Value | _Missing:
+    def get(self, oid: Oid) -> Value | Missing:
         """The value at ``oid``, or NO_SUCH_OBJECT, or NO_SUCH_INSTANCE."""
         at = bisect.bisect_right(self._prefixes, oid) - 1
         if at < 0:
