@@ -371,9 +371,23 @@ def test_template_file_uuids_are_unique_across_both_templates() -> None:
 def test_polling_template_discovers_the_service_table_of_the_mib() -> None:
     """Low-level discovery walks wdServiceTable's columns; each prototype reads its column at
     the row's index; the value maps are the MIB's enumerations; the trigger prototype is a
-    problem while wdServiceState is down, tagged with the service."""
+    problem while wdServiceState is down, tagged with the service. Plain items read the
+    scalars: the services up, down and unknown, and the uptime (TimeTicks, in seconds)."""
     polling = Template(TEMPLATE, "snmp-watchdog by SNMP")
-    assert polling.items == {}
+    scalars = {
+        "wd.services.up": OIDS.services_up,
+        "wd.services.down": OIDS.services_down,
+        "wd.services.unknown": OIDS.services_unknown,
+        "wd.uptime": OIDS.watchdog_uptime,
+    }
+    assert {key: item["snmp_oid"] for key, item in polling.items.items()} == {
+        key: dotted(oid) + ".0" for key, oid in scalars.items()
+    }
+    assert all(item["type"] == "SNMP_AGENT" for item in polling.items.values())
+    uptime = polling.items["wd.uptime"]
+    assert uptime["preprocessing"] == [{"type": "MULTIPLIER", "parameters": ["0.01"]}]
+    (restarted,) = uptime["triggers"]
+    assert restarted["expression"] == f"last(/{polling.name}/wd.uptime)<10m"
     (rule,) = polling.template["discovery_rules"]
     assert rule["type"] == "SNMP_AGENT"
     macros = dict(re.findall(r"(\{#[A-Z.]+\}),([0-9.]+)", rule["snmp_oid"]))

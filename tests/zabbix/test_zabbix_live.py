@@ -47,18 +47,30 @@ WAIT = 60.0  # seconds for Zabbix to show a change; it takes a few
 
 
 def problems(zabbix: Zabbix, host_id: str) -> dict[str, list[dict[str, Any]]]:
-    """The host's open problems, by the value of their ``service`` tag."""
+    """The host's open problems about a service, by the value of their ``service`` tag."""
     found: dict[str, list[dict[str, Any]]] = {}
     for problem in zabbix.api.call(
         "problem.get", {"hostids": [host_id], "selectTags": "extend", "recent": False}
     ):
         tags = {t["tag"]: t["value"] for t in problem["tags"]}
-        found.setdefault(tags.get("service", ""), []).append(problem)
+        if "service" in tags:
+            found.setdefault(tags["service"], []).append(problem)
     return found
 
 
+def restarted_problems(zabbix: Zabbix, host_id: str) -> list[str]:
+    """The names of the host's open problems that are not about a service."""
+    return [
+        p["name"]
+        for p in zabbix.api.call(
+            "problem.get", {"hostids": [host_id], "selectTags": "extend", "recent": False}
+        )
+        if not any(t["tag"] == "service" for t in p["tags"])
+    ]
+
+
 def problem_events(zabbix: Zabbix, host_id: str) -> list[dict[str, Any]]:
-    """Every problem event of the host, open or resolved, oldest first."""
+    """Every problem event of the host about a service, open or resolved, oldest first."""
     events: list[dict[str, Any]] = zabbix.api.call(
         "event.get",
         {
@@ -70,7 +82,7 @@ def problem_events(zabbix: Zabbix, host_id: str) -> list[dict[str, Any]]:
             "sortfield": ["clock", "eventid"],
         },
     )
-    return events
+    return [e for e in events if any(t["tag"] == "service" for t in e["tags"])]
 
 
 def wait_for_problems(
@@ -274,13 +286,14 @@ def test_discovery_finds_each_service_and_a_problem_follows_its_polled_state(
     )
     try:
 
-        def values(key: str) -> dict[str, str] | None:
-            """Item key -> last value, once the discovered items of both services have one."""
+        def values(key: str, count: int = 2) -> dict[str, str] | None:
+            """Item key -> last value of the items whose key contains ``key``, once ``count``
+            of them have one (by default the discovered items of both services)."""
             items = zabbix.api.call(
                 "item.get", {"hostids": [host_id], "search": {"key_": key}, "output": "extend"}
             )
             found = {i["key_"]: i["lastvalue"] for i in items if i["lastclock"] != "0"}
-            return found if len(found) == 2 else None
+            return found if len(found) == count else None
 
         try:
             states = wait_until("discovered items with values", lambda: values("state"), WAIT, 1)
@@ -293,9 +306,19 @@ def test_discovery_finds_each_service_and_a_problem_follows_its_polled_state(
         reasons = wait_until("reasons", lambda: values("wd.service.reason["), WAIT, 1)
         assert reasons == {'wd.service.reason["alpha"]': "0", 'wd.service.reason["beta"]': "1"}
 
+        totals = wait_until("the totals", lambda: values("wd.services.", 3), WAIT, 1)
+        assert totals == {
+            "wd.services.up": "1",
+            "wd.services.down": "1",
+            "wd.services.unknown": "0",
+        }
+        uptime = wait_until("the uptime", lambda: values("wd.uptime", 1), WAIT, 1)
+        assert 0 < float(uptime["wd.uptime"]) < 600, uptime  # seconds, from TimeTicks
+
         found = wait_for_problems(zabbix, host_id, {"beta"}, "a polled problem for beta")
         (beta_problem,) = found["beta"]
         assert beta_problem["name"] == f"Service beta (127.0.0.1:{beta.port}) is down (polled)"
+        assert restarted_problems(zabbix, host_id) == ["snmp-watchdog: restarted (uptime < 10m)"]
 
         beta.start()
         alpha.stop()
