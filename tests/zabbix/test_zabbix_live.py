@@ -106,6 +106,16 @@ def wait_for_problems(
     return found
 
 
+def send_test_trap(cfg: Path, *args: str) -> None:
+    """``watchdog test-trap ARGS``, which must say that it delivered."""
+    subprocess.run(
+        [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "test-trap", *args],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+
+
 def read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -208,12 +218,7 @@ def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
         # The path works end to end once the server knows the new host: a test
         # notification lands in its item (sent again until it does).
         def test_value_arrived() -> bool | None:
-            subprocess.run(
-                [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "test-trap"],
-                capture_output=True,
-                timeout=30,
-                check=True,
-            )
+            send_test_trap(cfg)
             items = zabbix.api.call(
                 "item.get",
                 {"hostids": [host_id], "search": {"name": "test notifications"}},
@@ -221,6 +226,21 @@ def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
             return True if items and items[0]["lastclock"] != "0" else None
 
         wait_until("a test notification reaches the host", test_value_arrived, WAIT, 2)
+        assert problems(zabbix, host_id) == {}
+
+        # contrib/zabbix/README.md, step 4: a Down then an Up for a service, marked as a
+        # test, open and resolve its problem.
+        send_test_trap(cfg, "--service", "alpha")
+
+        def resolved() -> list[dict[str, Any]] | None:
+            events = problem_events(zabbix, host_id)
+            return events if events and all(e["r_eventid"] != "0" for e in events) else None
+
+        (test_event,) = wait_until(
+            "test-trap --service: a problem opened and resolved", resolved, WAIT
+        )
+        assert test_event["name"] == "Service alpha (127.0.0.1) is down: refused"
+        assert {"tag": "service", "value": "alpha"} in test_event["tags"]
         assert problems(zabbix, host_id) == {}
 
         alpha.start()
@@ -250,7 +270,11 @@ def test_down_opens_a_problem_for_its_service_and_its_up_closes_only_that(
         assert set(problems(zabbix, host_id)) == {"beta"}
 
         events = {e["eventid"]: e for e in problem_events(zabbix, host_id)}
-        assert set(events) == {alpha_problem["eventid"], beta_problem["eventid"]}
+        assert set(events) == {
+            test_event["eventid"],
+            alpha_problem["eventid"],
+            beta_problem["eventid"],
+        }
         assert events[alpha_problem["eventid"]]["r_eventid"] != "0"
         assert events[beta_problem["eventid"]]["r_eventid"] == "0"
         assert d.stop() == 0
