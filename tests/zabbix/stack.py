@@ -92,9 +92,9 @@ def _as_postgres() -> dict[str, Any]:
 
 
 def _pg_bin(program: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"), key=len)
-    if found:
-        return sorted(found)[-1]
+    found = glob.glob(f"/usr/lib/postgresql/*/bin/{program}")
+    if found:  # the newest major version Debian installed
+        return max(found, key=lambda path: int(Path(path).parts[4]))
     path = shutil.which(program)
     assert path, f"{program} not found: install postgresql"
     return path
@@ -116,16 +116,17 @@ class Postgres:
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.data, user.pw_uid, user.pw_gid)
-        subprocess.run(
+        done = subprocess.run(
             [
                 *(_pg_bin("initdb"), "-D", str(self.data), "-U", DB_USER, "--auth=trust"),
                 *("-E", "UTF8", "--locale=C.UTF-8", "--no-sync"),
             ],
-            check=True,
+            check=False,
             capture_output=True,
             timeout=120,
             **_as_postgres(),
         )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
         with self.log.open("wb") as log:
             self._proc = subprocess.Popen(
                 [
