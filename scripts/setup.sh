@@ -38,6 +38,12 @@ ensure_debs() {
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# What the live Zabbix tests (tests/zabbix/) need: Debian 12's Zabbix 6.0 server with
+# PostgreSQL, and its PHP frontend for the JSON-RPC API. php8.2-cli/-cgi are named so
+# that apt satisfies the frontend's PHP without installing Apache.
+ZABBIX_DEBS=(snmptrapd postgresql zabbix-server-pgsql zabbix-frontend-php php-pgsql
+    php8.2-cli php8.2-cgi)
+
 # A virtualenv in .venv with the package (editable) and the named extras;
 # reinstalled only when pyproject.toml changes.
 ensure_venv() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a Debian machine, then run them:
 # Debian packages (Net-SNMP's snmptrapd/snmptranslate, smilint, strace to count
-# what a check reads), the IETF base
+# what a check reads, Zabbix with PostgreSQL and its PHP frontend for
+# tests/zabbix/), the IETF base
 # MIB texts, a virtualenv with the package and its test tools; then ruff,
 # mypy --strict and pytest (with the state machine's branch coverage at 100%);
 # then the tests that exercise the runtime dependencies again, in .venv-min,
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmpd snmp smitools systemd strace
+ensure_debs snmptrapd snmpd snmp smitools systemd strace "${ZABBIX_DEBS[@]}"
 ensure_venv test,fast
 ensure_min_venv test,fast
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
@@ -23,7 +24,8 @@ step "ruff format" .venv/bin/ruff format --check --quiet src tests bench contrib
 step "mypy --strict" .venv/bin/mypy --no-error-summary
 
 rc=0
-.venv/bin/pytest -q -p no:cacheprovider \
+# Everything, the live Zabbix tests included (a plain `pytest` leaves them out).
+.venv/bin/pytest -q -p no:cacheprovider -m "zabbix or not zabbix" \
     --cov --cov-branch --cov-report= "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: that is a failure" >&2
@@ -45,7 +47,8 @@ fi
     tests/test_sender.py tests/test_dispatcher.py tests/test_engine_files.py \
     tests/test_config.py tests/config tests/test_cli.py \
     tests/test_e2e_snmp.py tests/test_receiver_dns.py tests/test_restart.py \
-    tests/test_outage.py tests/test_daemon.py tests/test_reload.py || {
+    tests/test_outage.py tests/test_daemon.py tests/test_reload.py \
+    tests/test_agent.py tests/test_agent_bulk.py || {
     echo "the tests fail with the oldest dependencies of constraints/minimum.txt" >&2
     exit 1
 }

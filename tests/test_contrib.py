@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 import yaml
 
-from snmp_watchdog.notify.mib import Oids
+from snmp_watchdog.notify.mib import STATE_VALUES, Oids
+from snmp_watchdog.reasons import Reason
 from tests.helpers import free_udp_port
 from tests.snmptrapd import Snmptrapd
 
@@ -145,13 +146,15 @@ def regsub(macro_text: str, value: str) -> str:
 class Template:
     """The template export, read with the rules the server applies to SNMP trap items."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, name: str = "snmp-watchdog by SNMP traps") -> None:
         self.export: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))[
             "zabbix_export"
         ]
-        (self.template,) = self.export["templates"]
+        (self.template,) = [t for t in self.export["templates"] if t["template"] == name]
         self.name: str = self.template["template"]
-        self.items: dict[str, dict[str, Any]] = {i["key"]: i for i in self.template["items"]}
+        self.items: dict[str, dict[str, Any]] = {
+            i["key"]: i for i in self.template.get("items", [])
+        }
 
     def matching_items(self, trap: Trap) -> list[str]:
         """Keys of the items that get the trap: each ``snmptrap[regex]`` that matches, else
@@ -352,6 +355,77 @@ def test_template_is_a_zabbix_6_0_export(template: Template) -> None:
     assert len(set(uuids)) == len(uuids)
     assert "snmptrap.fallback" in template.items
     assert [m["macro"] for m in template.template["macros"]] == ["{$WD.HEARTBEAT.TIMEOUT}"]
+
+
+def test_template_file_uuids_are_unique_across_both_templates() -> None:
+    export = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]
+    assert [t["template"] for t in export["templates"]] == [
+        "snmp-watchdog by SNMP traps",
+        "snmp-watchdog by SNMP",
+    ]
+    uuids = re.findall(r"^ *(?:- )?uuid: ([^\n]*)$", TEMPLATE.read_text(), re.MULTILINE)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in uuids), uuids
+    assert len(set(uuids)) == len(uuids)
+
+
+def test_polling_template_discovers_the_service_table_of_the_mib() -> None:
+    """Low-level discovery walks wdServiceTable's columns; each prototype reads its column at
+    the row's index; the value maps are the MIB's enumerations; the trigger prototype is a
+    problem while wdServiceState is down, tagged with the service. Plain items read the
+    scalars: the services up, down and unknown, and the uptime (TimeTicks, in seconds)."""
+    polling = Template(TEMPLATE, "snmp-watchdog by SNMP")
+    scalars = {
+        "wd.services.up": OIDS.services_up,
+        "wd.services.down": OIDS.services_down,
+        "wd.services.unknown": OIDS.services_unknown,
+        "wd.uptime": OIDS.watchdog_uptime,
+    }
+    assert {key: item["snmp_oid"] for key, item in polling.items.items()} == {
+        key: dotted(oid) + ".0" for key, oid in scalars.items()
+    }
+    assert all(item["type"] == "SNMP_AGENT" for item in polling.items.values())
+    uptime = polling.items["wd.uptime"]
+    assert uptime["preprocessing"] == [{"type": "MULTIPLIER", "parameters": ["0.01"]}]
+    (restarted,) = uptime["triggers"]
+    assert restarted["expression"] == f"last(/{polling.name}/wd.uptime)<10m"
+    (rule,) = polling.template["discovery_rules"]
+    assert rule["type"] == "SNMP_AGENT"
+    macros = dict(re.findall(r"(\{#[A-Z.]+\}),([0-9.]+)", rule["snmp_oid"]))
+    assert rule["snmp_oid"] == "discovery[" + ",".join(f"{k},{v}" for k, v in macros.items()) + "]"
+    assert macros == {
+        "{#WD.NAME}": dotted(OIDS.service_name),
+        "{#WD.HOST}": dotted(OIDS.service_host),
+        "{#WD.PORT}": dotted(OIDS.service_port),
+        "{#WD.CHECK}": dotted(OIDS.service_check_kind),
+    }
+    prototypes = {p["key"]: p for p in rule["item_prototypes"]}
+    columns = {
+        'wd.service.state["{#WD.NAME}"]': OIDS.service_state,
+        'wd.service.reason["{#WD.NAME}"]': OIDS.service_reason_code,
+        'wd.service.reason_text["{#WD.NAME}"]': OIDS.service_reason_text,
+    }
+    assert set(prototypes) == set(columns)
+    for key, oid in columns.items():
+        assert prototypes[key]["type"] == "SNMP_AGENT"
+        assert prototypes[key]["snmp_oid"] == dotted(oid) + ".{#SNMPINDEX}"
+        assert {"tag": "service", "value": "{#WD.NAME}"} in prototypes[key]["tags"]
+    maps = {
+        m["name"]: {int(v["value"]): v["newvalue"] for v in m["mappings"]}
+        for m in polling.template["valuemaps"]
+    }
+    assert maps["WdState"] == {number: name for name, number in STATE_VALUES.items()}
+    assert maps["WdReasonCode"] == {r.value: r.code for r in Reason}
+    state = prototypes['wd.service.state["{#WD.NAME}"]']
+    assert state["valuemap"] == {"name": "WdState"}
+    (trigger,) = state["trigger_prototypes"]
+    assert trigger["expression"] == (
+        f'last(/{polling.name}/wd.service.state["{{#WD.NAME}}"])={STATE_VALUES["down"]}'
+    )
+    assert {"tag": "service", "value": "{#WD.NAME}"} in trigger["tags"]
+    assert {m["macro"] for m in polling.template["macros"]} == {
+        "{$WD.LLD.INTERVAL}",
+        "{$WD.POLL.INTERVAL}",
+    }
 
 
 @pytest.mark.parametrize(
