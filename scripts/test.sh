@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmp smitools systemd
-ensure_venv test,fast
+ensure_debs snmptrapd snmp smitools systemd postgresql
+ensure_venv test,fast,postgresql
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Daemon, SmtpServer, free_tcp_port
+from tests.postgres import PostgresServer
 from tests.snmptrapd import Snmptrapd
 
 
@@ -49,3 +50,20 @@ def smtp() -> Iterator[SmtpServer]:
     server = SmtpServer(free_tcp_port())
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server on loopback for the whole run, stopped at its end."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A ``postgresql://`` URL (with the password) of a fresh, empty database."""
+    return postgres_server.url(postgres_server.create_database())
