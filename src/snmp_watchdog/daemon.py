@@ -90,6 +90,11 @@ class Daemon:
             len(config.receivers),
             self.config_path,
         )
+        if config.settings.store is not None:
+            raise StoreError(
+                f"{config.path}: watchdog.store: the daemon does not run on a shared "
+                f"PostgreSQL store yet; remove store to use the SQLite database in state_dir"
+            )
         self.store = store = Store.open(config.settings.state_dir)
         try:
             return await self._run(config, store)

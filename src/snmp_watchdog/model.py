@@ -156,6 +156,8 @@ class Settings:
     heartbeat: float = 0.0  # 0: no heartbeat
     oid_root: tuple[int, ...] = DEFAULT_OID_ROOT
     allow_weak_crypto: bool = False
+    store: str | None = None  # postgresql://... (no password); None: SQLite in state_dir
+    store_password: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
