@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from snmp_watchdog import cluster
+from snmp_watchdog.cluster import Ownership
 from snmp_watchdog.pgurl import redact, scrub
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.store import (
@@ -41,10 +44,23 @@ from snmp_watchdog.store import (
     encode_state,
 )
 
-#: ``pg_advisory_xact_lock`` key of schema upgrades ("SNWD").
+#: ``pg_advisory_xact_lock`` keys: schema upgrades ("SNWD"), ownership changes ("SNWR").
 MIGRATION_LOCK = 0x534E5744
+REBALANCE_LOCK = 0x534E5752
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLease:
+    """A node's lease row, times in wall-clock seconds of the database's clock."""
+
+    node: str
+    expires_at: float
+    renewed_at: float
+    live: bool
+
 
 Conn = psycopg.AsyncConnection[Any]
+Params = Sequence[Any] | Mapping[str, Any]
 
 # --- schema -----------------------------------------------------------------
 
@@ -249,14 +265,14 @@ class PgStore:
         with _as_store_error(self.where, self._password, "the state database failed"):
             yield
 
-    async def _write(self, sql: LiteralString, params: Iterable[Any] = ()) -> int:
+    async def _write(self, sql: LiteralString, params: Params = ()) -> int:
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params))
+            cur = await conn.execute(sql, params)
             return cur.rowcount
 
-    async def _read(self, sql: LiteralString, params: Iterable[Any] = ()) -> list[Any]:
+    async def _read(self, sql: LiteralString, params: Params = ()) -> list[Any]:
         async with self._conn() as conn:
-            cur = await conn.execute(sql, tuple(params))
+            cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     # -- services --
@@ -408,6 +424,95 @@ class PgStore:
         rows = await self._read("SELECT receiver, count(*) FROM outbox GROUP BY receiver")
         return {r[0]: int(r[1]) for r in rows}
 
+    # -- the cluster: leases and ownership (rules in cluster.py) --
+
+    async def renew_lease(self, node: str, ttl: float) -> bool:
+        """Extend ``node``'s lease to the database's ``now()`` plus ``ttl`` seconds.
+
+        Returns False when the node had a lease that had already expired: its
+        services may have moved, so whatever it believed it owned is stale.
+        True for a lease still running, or a node joining.
+        """
+        async with self.transaction():
+            old = await self._read(
+                "SELECT expires_at > now() FROM node WHERE name = %s FOR UPDATE", (node,)
+            )
+            await self._write(
+                "INSERT INTO node (name, expires_at) "
+                "VALUES (%(node)s, now() + %(ttl)s * interval '1 second') "
+                "ON CONFLICT (name) DO UPDATE "
+                "SET expires_at = excluded.expires_at, renewed_at = now()",
+                {"node": node, "ttl": ttl},
+            )
+        return not old or bool(old[0][0])
+
+    async def leave(self, node: str) -> None:
+        """End ``node``'s lease now (a clean stop): its services move at the next rebalance."""
+        await self._write("DELETE FROM node WHERE name = %s", (node,))
+
+    async def nodes(self) -> list[NodeLease]:
+        """Every node with a lease row, live or expired, by name."""
+        rows = await self._read(
+            "SELECT name, extract(epoch FROM expires_at)::float8, "
+            "extract(epoch FROM renewed_at)::float8, expires_at > now() "
+            "FROM node ORDER BY name"
+        )
+        return [NodeLease(str(r[0]), float(r[1]), float(r[2]), bool(r[3])) for r in rows]
+
+    async def owners(self) -> dict[str, Ownership]:
+        """Service -> its current owner and epoch."""
+        rows = await self._read("SELECT service, node, epoch FROM owner")
+        return {str(r[0]): Ownership(str(r[1]), int(r[2])) for r in rows}
+
+    async def rebalance(self, services: Iterable[str]) -> dict[str, Ownership]:
+        """Give each of ``services`` to its rendezvous owner among the live nodes.
+
+        Any node may call it at any time: calls are serialised, and an owner
+        changes (with the next epoch) only after every write fenced on the old
+        epoch has committed. Returns the ownership of every service afterwards.
+        """
+        wanted = sorted(set(services))
+        async with self.transaction():
+            await self._write("SELECT pg_advisory_xact_lock(%s)", (REBALANCE_LOCK,))
+            live = [
+                r[0] for r in await self._read("SELECT name FROM node WHERE expires_at > now()")
+            ]
+            rows = await self._read(
+                "SELECT service, node, epoch FROM owner WHERE service = ANY(%s) FOR UPDATE",
+                (wanted,),
+            )
+            current = {str(r[0]): Ownership(str(r[1]), int(r[2])) for r in rows}
+            changes = cluster.plan(wanted, live, current)
+            if changes:
+                async with self._conn() as conn, conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO owner (service, node, epoch) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (service) DO UPDATE "
+                        "SET node = excluded.node, epoch = excluded.epoch",
+                        [(s, o.node, o.epoch) for s, o in sorted(changes.items())],
+                    )
+        return {**current, **changes}
+
+    async def fence(self, service: str, node: str, epoch: int) -> None:
+        """Inside a transaction: raise ``cluster.Fenced`` unless ``node`` holds ``epoch``.
+
+        The ownership row stays share-locked until the transaction ends, so it
+        cannot change hands before the writes made under it commit.
+        """
+        assert self._tx.get() is not None, "fence() belongs inside transaction()"
+        rows = await self._read(
+            "SELECT node, epoch FROM owner WHERE service = %s FOR SHARE", (service,)
+        )
+        now = Ownership(str(rows[0][0]), int(rows[0][1])) if rows else None
+        cluster.check(node, epoch, now, service)
+
+    @contextlib.asynccontextmanager
+    async def fenced(self, service: str, node: str, epoch: int) -> AsyncIterator[None]:
+        """A transaction whose writes commit only if ``node`` still holds ``epoch``."""
+        async with self.transaction():
+            await self.fence(service, node, epoch)
+            yield
+
 
 # --- opening, step by step --------------------------------------------------
 
@@ -454,11 +559,12 @@ async def _migrate(db: Conn, where: str) -> bool:
         async with db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             await db.execute(
-                "CREATE TABLE IF NOT EXISTS watchdog_schema "
-                "(id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS watchdog_schema (id integer PRIMARY KEY "
+                "CHECK (id = 1), version integer NOT NULL, cluster_version integer NOT NULL)"
             )
             await db.execute(
-                "INSERT INTO watchdog_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING"
+                "INSERT INTO watchdog_schema (id, version, cluster_version) VALUES (1, 0, 0) "
+                "ON CONFLICT DO NOTHING"
             )
             version = await _version(db) or 0
             if version > target:
@@ -468,6 +574,7 @@ async def _migrate(db: Conn, where: str) -> bool:
                     f"version, or restore the dump taken before the upgrade"
                 )
             if version == target:
+                await _migrate_cluster(db, where)
                 return created
             created = created or version == 0
             try:
@@ -477,3 +584,55 @@ async def _migrate(db: Conn, where: str) -> bool:
                     f"{where}: upgrading the schema to version {version + 1}: {exc}"
                 ) from None
             await db.execute("UPDATE watchdog_schema SET version = %s WHERE id = 1", (version + 1,))
+
+
+async def _migrate_cluster(db: Conn, where: str) -> None:
+    """Bring the cluster tables to ``len(_CLUSTER_MIGRATIONS)`` (inside ``_migrate``'s lock)."""
+    cur = await db.execute("SELECT cluster_version FROM watchdog_schema WHERE id = 1")
+    row = await cur.fetchone()
+    version = 0 if row is None else int(row[0])
+    target = len(_CLUSTER_MIGRATIONS)
+    if version > target:
+        raise StoreError(
+            f"{where}: the cluster tables have version {version}, written by a newer "
+            f"snmp-watchdog; this version knows up to {target}. Run the newer version"
+        )
+    for step in range(version, target):
+        try:
+            await _CLUSTER_MIGRATIONS[step](db)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"{where}: upgrading the cluster tables to version {step + 1}: {exc}"
+            ) from None
+    await db.execute("UPDATE watchdog_schema SET cluster_version = %s WHERE id = 1", (target,))
+
+
+# --- the cluster: leases and ownership ---------------------------------------------
+
+
+async def _cluster_v1(db: Conn) -> None:
+    """Node leases and service ownership (``cluster.py`` has the rules)."""
+    await db.execute(
+        """
+        CREATE TABLE node (
+            name       text PRIMARY KEY,
+            expires_at timestamptz NOT NULL,  -- the database's now() + TTL at the last renewal
+            joined_at  timestamptz NOT NULL DEFAULT now(),
+            renewed_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    await db.execute(
+        """
+        CREATE TABLE owner (
+            service text PRIMARY KEY,
+            node    text NOT NULL,
+            epoch   bigint NOT NULL  -- the fencing token: grows at every change of owner
+        )
+        """
+    )
+
+
+#: Tables only a shared store has, versioned apart from the common schema
+#: (``watchdog_schema.cluster_version``).
+_CLUSTER_MIGRATIONS: list[Callable[[Conn], Any]] = [_cluster_v1]
