@@ -188,12 +188,20 @@ class PgStore:
         readonly: bool = False,
         connect_timeout: float = 10.0,
         pool_size: int = 4,
+        lock_timeout: float = 2.0,
+        idle_timeout: float = 5.0,
     ) -> PgStore:
         """Connect to the database at ``url``, creating or upgrading the schema.
 
         ``password``: the password, kept out of the URL (and out of messages).
         With ``readonly`` the schema must exist; nothing is created, migrated
         or written. Raises ``StoreError`` with the way out on any problem.
+
+        No node can hold up the others for long: a statement waits at most
+        ``lock_timeout`` for a lock (then fails, and is tried again later), and
+        the server ends a session of this store that stays idle inside a
+        transaction for ``idle_timeout`` (a node paused or cut off halfway
+        through a transaction), releasing its locks.
         """
         where = redact(url)
         kwargs: dict[str, Any] = {
@@ -206,6 +214,13 @@ class PgStore:
             kwargs["options"] = "-c default_transaction_read_only=on"
         with _as_store_error(where, password, "cannot connect to the state database"):
             first = await psycopg.AsyncConnection.connect(url, **kwargs)
+        options = [
+            f"-c lock_timeout={round(lock_timeout * 1000)}",
+            f"-c idle_in_transaction_session_timeout={round(idle_timeout * 1000)}",
+        ]
+        if readonly:
+            options.append("-c default_transaction_read_only=on")
+        kwargs["options"] = " ".join(options)
         try:
             with _as_store_error(where, password, "cannot set up the state database"):
                 if readonly:
