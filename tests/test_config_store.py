@@ -113,3 +113,18 @@ def test_the_daemon_refuses_a_store_it_cannot_run_on_yet(
         capsys.readouterr().err
     )
     assert not (tmp_path / "state").exists()
+
+
+def test_node_and_lease_belong_to_a_shared_store(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    settings = load(path, "  store: postgresql://db/wd\n  node: wd-1\n  lease: 6s\n")
+    assert getattr(settings, "node", None) == "wd-1"
+    assert getattr(settings, "lease", None) == 6.0
+    assert getattr(load(path, "  store: postgresql://db/wd\n"), "lease", None) == 15.0
+    assert load(path, "  node: wd-1\n  lease: 6s\n") == [
+        "FILE:2: watchdog.node: applies only with store: postgresql://...",
+        "FILE:3: watchdog.lease: applies only with store: postgresql://...",
+    ]
+    assert load(path, "  store: postgresql://db/wd\n  lease: 500ms\n") == [
+        "FILE:3: watchdog.lease: expected at least 1s (renewed every fifth of it)"
+    ]

@@ -51,6 +51,7 @@ TEXT_KEYS = frozenset(
         "store",
         "store_password",
         "store_password_file",
+        "node",
         "receivers",
         "send",
         "expect",
@@ -471,6 +472,8 @@ class WatchdogSection(Section):
     store: StoreUrl = None
     store_password: SecretText = None
     store_password_file: PathText = None
+    node: Annotated[str | None, PlainValidator(parse_name)] = None
+    lease: Duration = None
 
 
 class Schedule(Section):

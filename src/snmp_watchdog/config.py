@@ -345,9 +345,14 @@ class _Loader:
         The password of a shared store is never written in the file itself:
         ``${VARIABLE}`` or a file only.
         """
+        at: KeyPath = ("watchdog",)
+        for key in ("node", "lease"):
+            if key in values and "store" not in values:
+                self.report((*at, key), "applies only with store: postgresql://...")
+        if values.get("lease", 15.0) < 1.0:
+            self.report((*at, "lease"), "expected at least 1s (renewed every fifth of it)")
         inline = values.pop("store_password", None)
         file = values.pop("store_password_file", None)
-        at: KeyPath = ("watchdog",)
         if inline is None and file is None:
             return
         if "store" not in values:

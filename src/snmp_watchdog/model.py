@@ -158,6 +158,8 @@ class Settings:
     allow_weak_crypto: bool = False
     store: str | None = None  # postgresql://... (no password); None: SQLite in state_dir
     store_password: Secret | None = None
+    node: str | None = None  # this watchdog's name in a cluster (default: the host name)
+    lease: float = 15.0  # a cluster node's lease: failover takes about this long
 
 
 @dataclass(frozen=True, slots=True)
