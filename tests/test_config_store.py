@@ -99,32 +99,18 @@ def test_redact_hides_every_password(url: str, shown: str) -> None:
     assert redact(url) == shown
 
 
-def test_the_daemon_refuses_a_store_it_cannot_run_on_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_the_daemon_runs_on_the_store_and_says_when_it_cannot_reach_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Accepted by check-config, but never silently ignored by ``watchdog run``."""
+    """No silent fallback to SQLite; the message names the server, never the password."""
+    monkeypatch.setenv("WATCHDOG_TEST_DB_PW", "pw-never-shown")
     path = tmp_path / "w.yaml"
     path.write_text(
-        f"watchdog: {{state_dir: {tmp_path}/state, store: 'postgresql://wd@127.0.0.1:9/wd'}}\n"
-        + SERVICES
+        f"watchdog: {{state_dir: {tmp_path}/state, store: 'postgresql://wd@127.0.0.1:9/wd',\n"
+        "           store_password: '${WATCHDOG_TEST_DB_PW}'}\n" + SERVICES
     )
     assert main(["-c", str(path), "run"]) == 1
-    assert "watchdog.store: the daemon does not run on a shared PostgreSQL store yet" in (
-        capsys.readouterr().err
-    )
-    assert not (tmp_path / "state").exists()
-
-
-def test_node_and_lease_belong_to_a_shared_store(tmp_path: Path) -> None:
-    path = tmp_path / "w.yaml"
-    settings = load(path, "  store: postgresql://db/wd\n  node: wd-1\n  lease: 6s\n")
-    assert getattr(settings, "node", None) == "wd-1"
-    assert getattr(settings, "lease", None) == 6.0
-    assert getattr(load(path, "  store: postgresql://db/wd\n"), "lease", None) == 15.0
-    assert load(path, "  node: wd-1\n  lease: 6s\n") == [
-        "FILE:2: watchdog.node: applies only with store: postgresql://...",
-        "FILE:3: watchdog.lease: applies only with store: postgresql://...",
-    ]
-    assert load(path, "  store: postgresql://db/wd\n  lease: 500ms\n") == [
-        "FILE:3: watchdog.lease: expected at least 1s (renewed every fifth of it)"
-    ]
+    err = capsys.readouterr().err
+    assert "postgresql://wd@127.0.0.1:9/wd: cannot connect to the state database" in err
+    assert "pw-never-shown" not in err
+    assert not (tmp_path / "state" / "state.db").exists()

@@ -91,10 +91,9 @@ class Daemon:
             self.config_path,
         )
         if config.settings.store is not None:
-            raise StoreError(
-                f"{config.path}: watchdog.store: the daemon does not run on a shared "
-                f"PostgreSQL store yet; remove store to use the SQLite database in state_dir"
-            )
+            from snmp_watchdog.cluster_daemon import ClusterDaemon  # noqa: PLC0415 (psycopg)
+
+            return await ClusterDaemon(config).run()
         self.store = store = Store.open(config.settings.state_dir)
         try:
             return await self._run(config, store)

@@ -521,6 +521,38 @@ class PgStore:
         now = Ownership(str(rows[0][0]), int(rows[0][1])) if rows else None
         cluster.check(node, epoch, now, service)
 
+    async def save_owned_states(
+        self,
+        node: str,
+        states: Mapping[str, tuple[int, ServiceState]],
+        *,
+        mono_now: float,
+        wall_now: float,
+    ) -> list[str]:
+        """Save each ``name: (epoch, state)`` that ``node`` still holds at that epoch.
+
+        One transaction; returns the names refused (owned by another node or
+        under another epoch now).
+        """
+        names = sorted(states)
+        async with self.transaction():
+            rows = await self._read(
+                "SELECT service, epoch FROM owner WHERE node = %s AND service = ANY(%s) FOR SHARE",
+                (node, names),
+            )
+            held = {str(r[0]): int(r[1]) for r in rows}
+            ok = [n for n in names if held.get(n) == states[n][0]]
+            if ok:
+                async with self._conn() as conn, conn.cursor() as cur:
+                    await cur.executemany(
+                        _SAVE_STATE,
+                        [
+                            (n, *encode_state(states[n][1], mono_now=mono_now, wall_now=wall_now))
+                            for n in ok
+                        ],
+                    )
+        return [n for n in names if n not in set(ok)]
+
     @contextlib.asynccontextmanager
     async def fenced(self, service: str, node: str, epoch: int) -> AsyncIterator[None]:
         """A transaction whose writes commit only if ``node`` still holds ``epoch``."""
