@@ -11,9 +11,13 @@ one gap-free sequence across the cluster.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -205,5 +209,39 @@ def test_three_nodes_fail_over_and_every_change_arrives_once(
         f"after SIGSTOP of the courier: all Ups within {takeover:.1f} s; "
         f"lease {LEASE} s, interval {INTERVAL} s; stopped node said: {stopped.lines[line]}"
     )
+
+    # `watchdog status` on any node: the nodes, their leases, who owns what.
+    survivor = next(n for n in NODES if n not in (victim, courier))
+    cfg = tmp_path / f"{survivor}.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    nodes_seen = {n["name"]: n for n in data["cluster"]["nodes"]}
+    assert sorted(nodes_seen) == NODES
+    assert not nodes_seen[victim]["live"]  # killed: its lease ran out, its row stays
+    assert nodes_seen[survivor]["live"]
+    assert sum(n["services"] for n in nodes_seen.values()) == SERVICES
+    assert nodes_seen[victim]["services"] == 0
+    owners_seen = {s["owner"] for s in data["services"]}
+    assert victim not in owners_seen
+    assert {s["state"] for s in data["services"] if s["name"] in went_down - came_up} == {"down"}
+    text = subprocess.run(
+        [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={**os.environ, **env},
+    ).stdout
+    assert f"node {victim}: lease expired" in text
+    assert f"this is node {survivor}" in text
+    assert PASSWORD not in proc.stdout + proc.stderr + text
     for listener in listeners:
         listener.stop()
