@@ -114,3 +114,18 @@ def test_the_daemon_runs_on_the_store_and_says_when_it_cannot_reach_it(
     assert "postgresql://wd@127.0.0.1:9/wd: cannot connect to the state database" in err
     assert "pw-never-shown" not in err
     assert not (tmp_path / "state" / "state.db").exists()
+
+
+def test_the_cluster_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/cluster/watchdog.yaml, with its files made, loads as documented."""
+    example = Path(__file__).parent.parent / "examples" / "cluster" / "watchdog.yaml"
+    text = example.read_text()
+    for name in ("db-password", "auth.key", "priv.key"):
+        (tmp_path / name).write_text("a-long-enough-secret\n")
+        text = text.replace(f"/etc/snmp-watchdog/{name}", str(tmp_path / name))
+    path = tmp_path / "watchdog.yaml"
+    path.write_text(text)
+    settings = load_config(path).settings
+    assert settings.store == "postgresql://watchdog@db.example.net:5432/watchdog"
+    assert settings.store_password is not None
+    assert settings.lease == 15.0
