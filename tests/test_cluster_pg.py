@@ -176,3 +176,30 @@ def test_fence_outside_a_transaction_is_a_bug(pg_url: str) -> None:
             await a.fence("x", "a", 1)
 
     with_nodes(pg_url, body)
+
+
+def test_a_late_batch_of_counters_never_takes_back_a_notified_change(pg_url: str) -> None:
+    """The flush of states without news may commit after a change saved since: it loses."""
+
+    async def body(a: PgStore, b: PgStore) -> None:
+        await a.renew_lease("a", 30)
+        owners = await a.rebalance(SERVICES)
+        name, epoch = SERVICES[0], owners[SERVICES[0]].epoch
+        failing = ServiceState(state=State.UP, notified=State.UP, failures=1, checks=9)
+        down = ServiceState(state=State.DOWN, notified=State.DOWN, failures=2, checks=10)
+        async with a.fenced(name, "a", epoch):
+            await a.save_state(name, down, mono_now=MONO, wall_now=WALL)
+        refused = await a.save_owned_states(
+            "a", {name: (epoch, failing)}, mono_now=MONO, wall_now=WALL
+        )
+        assert refused == []  # still the owner: only older than what is stored
+        assert (await b.load_states(mono_now=MONO, wall_now=WALL))[name] == down
+        later = ServiceState(state=State.DOWN, notified=State.DOWN, failures=3, checks=11)
+        await a.save_owned_states("a", {name: (epoch, later)}, mono_now=MONO, wall_now=WALL)
+        assert (await b.load_states(mono_now=MONO, wall_now=WALL))[name] == later
+        # Another node's epoch, or a service it does not hold: refused.
+        assert await a.save_owned_states(
+            "a", {name: (epoch + 1, later)}, mono_now=MONO, wall_now=WALL
+        ) == [name]
+
+    with_nodes(pg_url, body)

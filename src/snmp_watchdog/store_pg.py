@@ -164,6 +164,8 @@ _SAVE_STATE: LiteralString = """
         previous = excluded.previous
 """
 
+_SAVE_STATE_IF_NEWER: LiteralString = _SAVE_STATE + " WHERE service.checks <= excluded.checks"
+
 
 class PgStore:
     """An open PostgreSQL state store. Use ``await PgStore.open(...)``; ``await close()``."""
@@ -532,7 +534,9 @@ class PgStore:
         """Save each ``name: (epoch, state)`` that ``node`` still holds at that epoch.
 
         One transaction; returns the names refused (owned by another node or
-        under another epoch now).
+        under another epoch now). A state older than the stored one (fewer
+        ``checks``: a confirmed change was saved since this batch was taken) is
+        left alone, so a late batch never takes back a notified change.
         """
         names = sorted(states)
         async with self.transaction():
@@ -545,7 +549,7 @@ class PgStore:
             if ok:
                 async with self._conn() as conn, conn.cursor() as cur:
                     await cur.executemany(
-                        _SAVE_STATE,
+                        _SAVE_STATE_IF_NEWER,
                         [
                             (n, *encode_state(states[n][1], mono_now=mono_now, wall_now=wall_now))
                             for n in ok
