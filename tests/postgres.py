@@ -37,7 +37,9 @@ PASSWORD = "s3cret-pw"  # noqa: S105 - a throwaway cluster on loopback
 class PostgresServer:
     """One private PostgreSQL cluster; ``start`` it, ``create_database`` per test, ``stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: flush commits to disk as a real server does (benchmarks)."""
+        self.durable = durable
         if not (BIN / "initdb").is_file():
             raise RuntimeError(
                 f"{BIN}/initdb not found: install Debian's postgresql package "
@@ -95,7 +97,7 @@ class PostgresServer:
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
-                "fsync=off",
+                f"fsync={'on' if self.durable else 'off'}",
                 "-c",
                 "max_connections=200",
             ],
