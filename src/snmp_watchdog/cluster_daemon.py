@@ -75,6 +75,16 @@ def receiver_key(name: str) -> str:
     return f"@{name}"
 
 
+def not_yet(settings: model.Settings) -> list[str]:
+    """The settings a cluster node does not apply yet (each logged at start)."""
+    ignored = []
+    if settings.heartbeat > 0:
+        ignored.append("watchdog.heartbeat: no heartbeat is sent by a cluster node yet")
+    if settings.status_dir is not None:
+        ignored.append("watchdog.status_dir: a cluster node writes no status files yet")
+    return ignored
+
+
 def lease_policy(settings: model.Settings) -> LeasePolicy:
     """Renew every fifth of the lease; stop acting a fifth before it ends."""
     return LeasePolicy(
@@ -433,6 +443,8 @@ class ClusterDaemon:
             len(config.services),
             len(config.receivers),
         )
+        for warning in not_yet(settings):
+            log.warning("%s: %s", config.path, warning)
         self.store = await PgStore.open(
             settings.store,
             password=password,
