@@ -316,7 +316,7 @@ class ClusterDaemon:
         for r in self.config.receivers:
             if receiver_key(r.name) in owned:
                 self.dispatcher.go(r.name)
-        if gained or lost:
+        if owned.keys() != old.keys() or gained:
             log.info(
                 "%s now checks %d service(s) (%d taken over, %d handed over) and delivers to %s",
                 self.node,
