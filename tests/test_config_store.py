@@ -139,6 +139,5 @@ def test_a_cluster_node_says_which_settings_it_does_not_apply_yet(tmp_path: Path
     assert not_yet(plain) == []  # type: ignore[arg-type]
     both = load(path, "  store: postgresql://db/wd\n  heartbeat: 5m\n  status_dir: st\n")
     assert not_yet(both) == [  # type: ignore[arg-type]
-        "watchdog.heartbeat: no heartbeat is sent by a cluster node yet",
         "watchdog.status_dir: a cluster node writes no status files yet",
     ]

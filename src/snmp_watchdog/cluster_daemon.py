@@ -25,8 +25,12 @@ Exactly once, as far as SNMP allows:
   each notifying transaction takes the sequence row's lock before it inserts,
   so row ids are committed in order and a reader never skips one.
 
-Left out for now: heartbeats and the status files (each node would write its
-own), reloads (SIGHUP is logged and ignored: restart the nodes one by one).
+The heartbeat is owned like a service (``@heartbeat``): its node sends the
+whole cluster's counts, numbered in the cluster's sequence, through the
+shared outbox.
+
+Left out for now: the status files (each node would write its own), reloads
+(SIGHUP is logged and ignored: restart the nodes one by one).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ _KINDS = {
 POLL = 0.2
 #: How often states that produced no notification are written.
 FLUSH_EVERY = 1.0
+#: The name under which one node at a time owns the heartbeat.
+HEARTBEAT = "@heartbeat"
 
 
 def receiver_key(name: str) -> str:
@@ -78,8 +84,6 @@ def receiver_key(name: str) -> str:
 def not_yet(settings: model.Settings) -> list[str]:
     """The settings a cluster node does not apply yet (each logged at start)."""
     ignored = []
-    if settings.heartbeat > 0:
-        ignored.append("watchdog.heartbeat: no heartbeat is sent by a cluster node yet")
     if settings.status_dir is not None:
         ignored.append("watchdog.status_dir: a cluster node writes no status files yet")
     return ignored
@@ -407,6 +411,32 @@ class ClusterDaemon:
             flags="reminder" if note.reminder else "normal",
         )
 
+    async def _heartbeat_loop(self) -> None:
+        """The node owning the heartbeat sends the cluster's, through the shared outbox."""
+        while True:
+            await asyncio.sleep(self.config.settings.heartbeat)
+            epoch = self.owned.get(HEARTBEAT)
+            if epoch is None or not self.member.may_act():
+                continue
+            try:
+                await self._heartbeat(epoch)
+            except (Fenced, StoreError) as exc:
+                log.warning("heartbeat not sent: %s", exc)
+
+    async def _heartbeat(self, epoch: int) -> None:
+        counts = await self.store.state_counts(s.name for s in self.config.services)
+        async with self.store.fenced(HEARTBEAT, self.node, epoch):
+            sequence = await self.store.next_sequence()
+            message = self.builder.heartbeat(
+                sequence=sequence, uptime=time.monotonic() - self.started, **counts
+            )
+            payload = encode(message)
+            for r in self.config.receivers:
+                await self.store.enqueue(r.name, payload, created=time.time(), sequence=sequence)
+        log.info("heartbeat #%d", sequence)
+        for r in self.config.receivers:
+            self.queue(r.name).wake()
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
@@ -474,6 +504,8 @@ class ClusterDaemon:
             max_in_flight=config.settings.max_in_flight,
         )
         names = [s.name for s in config.services] + [receiver_key(r.name) for r in config.receivers]
+        if config.settings.heartbeat > 0:
+            names.append(HEARTBEAT)
         self.member = Member(
             self.store, self.node, self.policy, services=lambda: names, on_change=self._on_change
         )
@@ -487,6 +519,8 @@ class ClusterDaemon:
             asyncio.create_task(self._apply_changes(), name="ownership"),
             asyncio.create_task(self._flush_loop(), name="flush"),
         ]
+        if config.settings.heartbeat > 0:
+            tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         log.info("ready")
         stopper = asyncio.create_task(self._stop.wait())
         try:

@@ -557,6 +557,19 @@ class PgStore:
                     )
         return [n for n in names if n not in set(ok)]
 
+    async def state_counts(self, names: Iterable[str]) -> dict[str, int]:
+        """How many of the services ``names`` are up, down and unknown (never saved: unknown)."""
+        wanted = sorted(set(names))
+        rows = await self._read(
+            "SELECT state, count(*) FROM service WHERE name = ANY(%s) GROUP BY state", (wanted,)
+        )
+        counts = {"up": 0, "down": 0}
+        for state, count in rows:
+            if state in counts:
+                counts[str(state)] = int(count)
+        counts["unknown"] = len(wanted) - counts["up"] - counts["down"]
+        return counts
+
     @contextlib.asynccontextmanager
     async def fenced(self, service: str, node: str, epoch: int) -> AsyncIterator[None]:
         """A transaction whose writes commit only if ``node`` still holds ``epoch``."""
