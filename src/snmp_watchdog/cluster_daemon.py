@@ -29,8 +29,11 @@ The heartbeat is owned like a service (``@heartbeat``): its node sends the
 whole cluster's counts, numbered in the cluster's sequence, through the
 shared outbox.
 
-Left out for now: the status files (each node would write its own), reloads
-(SIGHUP is logged and ignored: restart the nodes one by one).
+SIGHUP reloads services and receivers (give every node the same file, then
+signal each); ``store``, ``node``, ``lease``, ``state_dir`` and ``heartbeat``
+change only with a restart.
+
+Left out for now: the status files (each node would write its own).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -47,6 +51,8 @@ from collections.abc import Awaitable, Sequence
 from snmp_watchdog import __version__, model, state
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.cluster import Fenced, LeasePolicy
+from snmp_watchdog.config import load_config
+from snmp_watchdog.exceptions import ConfigError
 from snmp_watchdog.membership import Member, Owned
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder, decode, encode
@@ -262,6 +268,60 @@ class ClusterDaemon:
         self._writes: set[asyncio.Task[None]] = set()
         self._changes: asyncio.Queue[Owned] = asyncio.Queue()
         self._stop = asyncio.Event()
+
+    # -- reload --------------------------------------------------------------------
+
+    def _names(self) -> list[str]:
+        """Everything shared out: the services, the receivers' queues, the heartbeat."""
+        names = [s.name for s in self.config.services]
+        names += [receiver_key(r.name) for r in self.config.receivers]
+        if self.config.settings.heartbeat > 0:
+            names.append(HEARTBEAT)
+        return names
+
+    def _start_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP: the new services and receivers; what needs a restart is said and kept."""
+        log.info("SIGHUP received: reloading %s", self.config.path)
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected: %s", problem)
+            log.error("reload rejected: keeping the running configuration")
+            return
+        old = self.config.settings
+        new = config.settings
+        for key in ("store", "node", "lease", "state_dir", "heartbeat"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("%s changes only with a restart; keeping the running one", key)
+        keep = {k: getattr(old, k) for k in ("store", "node", "lease", "state_dir", "heartbeat")}
+        config = dataclasses.replace(config, settings=dataclasses.replace(new, **keep))
+        try:
+            indexes = await self.store.service_indexes(s.name for s in config.services)
+        except StoreError as exc:
+            log.error("reload rejected: %s", exc)
+            return
+        assert self.dispatcher is not None
+        if config.receivers != self.config.receivers:
+            await self.dispatcher.reconfigure(config.receivers)
+        self.builder = MessageBuilder(Oids(config.settings.oid_root))
+        self.indexes = indexes
+        self.config = config
+        # Owned services take their new definitions (keeping their state); new
+        # ones are checked once the next rebalance gives them to a node.
+        assert self.scheduler is not None
+        self.scheduler.update(s for s in config.services if s.name in self.owned)
+        self.member.poke()  # new names are shared out at once
+        log.info(
+            "configuration reloaded: %d services, %d receivers",
+            len(config.services),
+            len(config.receivers),
+        )
 
     # -- ownership ---------------------------------------------------------------
 
@@ -503,16 +563,14 @@ class ClusterDaemon:
             on_result=self._on_result,
             max_in_flight=config.settings.max_in_flight,
         )
-        names = [s.name for s in config.services] + [receiver_key(r.name) for r in config.receivers]
-        if config.settings.heartbeat > 0:
-            names.append(HEARTBEAT)
+        self._sender = sender
         self.member = Member(
-            self.store, self.node, self.policy, services=lambda: names, on_change=self._on_change
+            self.store, self.node, self.policy, services=self._names, on_change=self._on_change
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("reload: restart the node"))
+        loop.add_signal_handler(signal.SIGHUP, self._start_reload)
         tasks = [
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
             asyncio.create_task(self.member.run(), name="membership"),
