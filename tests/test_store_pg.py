@@ -11,6 +11,7 @@ import pytest
 
 from snmp_watchdog import store, store_pg
 from snmp_watchdog.state import ServiceState
+from snmp_watchdog.storage import SqliteStateStore, StateStore
 from snmp_watchdog.store import StoreError, StoreNotReady
 from snmp_watchdog.store_pg import PgStore
 from tests.helpers import free_tcp_port, run_bounded
@@ -137,3 +138,12 @@ def test_a_server_that_is_not_there_is_an_error_not_a_hang() -> None:
     url = f"postgresql://watchdog@127.0.0.1:{free_tcp_port()}/nowhere"
     with pytest.raises(StoreError, match=r"cannot connect to the state database.*refused"):
         run(PgStore.open(url, password="x", connect_timeout=2))  # noqa: S106
+
+
+def test_both_backends_are_state_stores() -> None:
+    """mypy checks these assignments: each backend offers the whole interface."""
+
+    def as_interface(pg: PgStore, sqlite: SqliteStateStore) -> list[StateStore]:
+        return [pg, sqlite]
+
+    assert as_interface.__name__ == "as_interface"
