@@ -348,26 +348,24 @@ class ClusterDaemon:
         assert self.scheduler is not None
         assert self.dispatcher is not None
         old = self.owned
-        self.owned = owned
+        services = [s for s in self.config.services if s.name in owned]
+        gained = [s.name for s in services if old.get(s.name) != owned[s.name]]
+        lost = [name for name in old if name not in owned and not name.startswith("@")]
+        # Until their saved state is loaded, the services taken over are not ours yet.
+        self.owned = {k: v for k, v in owned.items() if k not in gained}
         # Receivers lost (or re-owned under a new epoch: reload the queue) stop first.
         for r in self.config.receivers:
             key = receiver_key(r.name)
             if key in old and old.get(key) != owned.get(key):
                 await self.dispatcher.halt(r.name)
                 self.queue(r.name).reset()
-        services = [s for s in self.config.services if s.name in owned]
-        gained = [s.name for s in services if old.get(s.name) != owned[s.name]]
-        lost = [name for name in old if name not in owned and not name.startswith("@")]
         states: dict[str, state.ServiceState] = {}
         if gained:
-            try:
-                saved = await self.store.load_states(
-                    mono_now=time.monotonic(), wall_now=time.time()
-                )
-            except StoreError as exc:
-                log.error("cannot load the state of the services taken over: %s", exc)
-                saved = {}
+            saved = await self._load_for_takeover()
+            if saved is None:
+                return  # a newer ownership came meanwhile: apply that one instead
             states = {name: saved.get(name, state.ServiceState()) for name in gained}
+        self.owned = owned
         # Replace gained services' slots: their state is the one saved by the last owner.
         self.scheduler.update([s for s in services if s.name not in gained])
         self.scheduler.update(services)
@@ -390,6 +388,24 @@ class ClusterDaemon:
                 ", ".join(r.name for r in self.config.receivers if self.may_send(r.name))
                 or "no receiver",
             )
+
+    async def _load_for_takeover(self) -> dict[str, state.ServiceState] | None:
+        """The saved states, read until the database answers; None when superseded.
+
+        A service is never taken over without its saved state: starting it
+        from unknown would notify a Down already notified by its last owner.
+        """
+        failing = False
+        while True:
+            try:
+                return await self.store.load_states(mono_now=time.monotonic(), wall_now=time.time())
+            except StoreError as exc:
+                if not failing:
+                    log.error("cannot load the state of the services taken over: %s", exc)
+                failing = True
+            await asyncio.sleep(self.policy.renew_every)
+            if not self._changes.empty():
+                return None
 
     # -- results -------------------------------------------------------------------
 
