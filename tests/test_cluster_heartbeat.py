@@ -1,4 +1,7 @@
-"""The heartbeat of a cluster: one node at a time sends it, and it survives that node."""
+"""The heartbeat of a cluster: one node at a time sends it, and it survives that node.
+
+Status files too: every node keeps one per service of the cluster.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +54,9 @@ def test_one_heartbeat_per_period_from_whichever_node_owns_it(
         cfg.write_text(
             f"""
 watchdog: {{state_dir: {tmp_path}/{node}, store: {url}, node: {node}, lease: 2s,
-           heartbeat: 0.5s, store_password: "${{WATCHDOG_TEST_PG_PASSWORD}}"}}
-defaults: {{interval: 0.3s, timeout: 0.5s, fall: 2, rise: 1, jitter: 0}}
+           heartbeat: 0.5s, store_password: "${{WATCHDOG_TEST_PG_PASSWORD}}",
+           status_dir: {tmp_path}/{node}-status}}
+defaults: {{interval: 0.3s, retry_interval: 0.1s, timeout: 0.5s, fall: 2, rise: 1, jitter: 0}}
 receivers:
   - {{name: traps, host: 127.0.0.1, port: {trapd.port}, version: 2c, community: public}}
 services:
@@ -69,6 +73,18 @@ services:
 
     owner = cluster.owner("@heartbeat", NODES)
     assert owner is not None
+    survivor = next(n for n in NODES if n != owner)
+    assert {cluster.owner(f"svc-{i}", NODES) for i in range(4)} == {owner}
+
+    # Every node keeps the status file of every service, whoever checks it.
+    def files(node: str) -> dict[str, str]:
+        directory = tmp_path / f"{node}-status"
+        return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}
+
+    deadline = time.monotonic() + 10
+    while files(survivor) != {f"svc-{i}": "0\n" for i in range(4)}:  # checked by the owner
+        assert time.monotonic() < deadline, files(survivor)
+        time.sleep(0.05)
     deadline = time.monotonic() + 20
     while len([h for h in heartbeats(trapd.notifications) if h[1] == 4]) < 3:
         assert time.monotonic() < deadline, trapd.log
@@ -83,6 +99,12 @@ services:
         assert time.monotonic() < deadline, trapd.log
         time.sleep(0.05)
     listener.stop()
+
+    deadline = time.monotonic() + 10
+    while files(survivor) != {f"svc-{i}": "1\n" for i in range(4)}:  # 1: refused
+        assert time.monotonic() < deadline, "\n".join(nodes[survivor].lines)
+        time.sleep(0.05)
+    assert files(owner) == {f"svc-{i}": "0\n" for i in range(4)}  # as it was killed
 
     got = heartbeats(trapd.notifications)
     sequences = [s for s, _ in got]

@@ -129,15 +129,3 @@ def test_the_cluster_example_is_valid(tmp_path: Path, monkeypatch: pytest.Monkey
     assert settings.store == "postgresql://watchdog@db.example.net:5432/watchdog"
     assert settings.store_password is not None
     assert settings.lease == 15.0
-
-
-def test_a_cluster_node_says_which_settings_it_does_not_apply_yet(tmp_path: Path) -> None:
-    from snmp_watchdog.cluster_daemon import not_yet  # noqa: PLC0415
-
-    path = tmp_path / "w.yaml"
-    plain = load(path, "  store: postgresql://db/wd\n")
-    assert not_yet(plain) == []  # type: ignore[arg-type]
-    both = load(path, "  store: postgresql://db/wd\n  heartbeat: 5m\n  status_dir: st\n")
-    assert not_yet(both) == [  # type: ignore[arg-type]
-        "watchdog.status_dir: a cluster node writes no status files yet",
-    ]

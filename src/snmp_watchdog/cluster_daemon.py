@@ -33,7 +33,9 @@ SIGHUP reloads services and receivers (give every node the same file, then
 signal each); ``store``, ``node``, ``lease``, ``state_dir`` and ``heartbeat``
 change only with a restart.
 
-Left out for now: the status files (each node would write its own).
+With ``status_dir``, every node keeps a file for every service of the
+cluster: its own services' files follow their checks, the others' follow the
+states their owners save (within about two seconds).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from snmp_watchdog.notify.outbox import Dispatcher, Pending
 from snmp_watchdog.notify.sender import Delivery, Sender
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
+from snmp_watchdog.statusfiles import StatusFiles
 from snmp_watchdog.store import StoreError
 from snmp_watchdog.store_pg import PgStore
 
@@ -85,14 +88,6 @@ HEARTBEAT = "@heartbeat"
 def receiver_key(name: str) -> str:
     """A receiver's name in the rendezvous (service names cannot contain '@')."""
     return f"@{name}"
-
-
-def not_yet(settings: model.Settings) -> list[str]:
-    """The settings a cluster node does not apply yet (each logged at start)."""
-    ignored = []
-    if settings.status_dir is not None:
-        ignored.append("watchdog.status_dir: a cluster node writes no status files yet")
-    return ignored
 
 
 def lease_policy(settings: model.Settings) -> LeasePolicy:
@@ -268,6 +263,8 @@ class ClusterDaemon:
         self._writes: set[asyncio.Task[None]] = set()
         self._changes: asyncio.Queue[Owned] = asyncio.Queue()
         self._stop = asyncio.Event()
+        sd = config.settings.status_dir
+        self.status_files = StatusFiles(sd) if sd is not None else None
 
     # -- reload --------------------------------------------------------------------
 
@@ -311,7 +308,14 @@ class ClusterDaemon:
             await self.dispatcher.reconfigure(config.receivers)
         self.builder = MessageBuilder(Oids(config.settings.oid_root))
         self.indexes = indexes
+        removed = {s.name for s in self.config.services} - {s.name for s in config.services}
         self.config = config
+        sd = config.settings.status_dir
+        if sd != (self.status_files.directory if self.status_files else None):
+            self.status_files = StatusFiles(sd) if sd is not None else None
+        elif self.status_files is not None:
+            for name in removed:
+                self.status_files.forget(name)
         # Owned services take their new definitions (keeping their state); new
         # ones are checked once the next rebalance gives them to a node.
         assert self.scheduler is not None
@@ -418,8 +422,17 @@ class ClusterDaemon:
     ) -> None:
         assert self.scheduler is not None
         slot = self.scheduler.slots.get(svc.name)
+        log.debug(
+            "check %s: %s %s (%.1f ms)",
+            svc.name,
+            result.reason.code,
+            result.detail,
+            result.elapsed * 1000.0,
+        )
         if slot is None or slot.service is not svc or svc.name not in self.owned:
             return  # handed over while the check ran
+        if self.status_files is not None:
+            self.status_files.update(svc.name, st)
         if not notes:
             self._dirty[svc.name] = st
             return
@@ -517,6 +530,21 @@ class ClusterDaemon:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
             await self._flush()
+            if self.status_files is not None:
+                await self._status_from_others()
+
+    async def _status_from_others(self) -> None:
+        """Status files of the services other nodes check, from the states they save."""
+        assert self.status_files is not None
+        try:
+            saved = await self.store.load_states(mono_now=time.monotonic(), wall_now=time.time())
+        except StoreError as exc:
+            log.debug("status files of other nodes' services not refreshed: %s", exc)
+            return
+        for svc in self.config.services:
+            st = saved.get(svc.name)
+            if st is not None and svc.name not in self.owned:
+                self.status_files.update(svc.name, st)
 
     async def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
@@ -549,8 +577,6 @@ class ClusterDaemon:
             len(config.services),
             len(config.receivers),
         )
-        for warning in not_yet(settings):
-            log.warning("%s: %s", config.path, warning)
         self.store = await PgStore.open(
             settings.store,
             password=password,
