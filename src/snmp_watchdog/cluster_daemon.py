@@ -250,6 +250,7 @@ class ClusterDaemon:
         self.policy = lease_policy(settings)
         self.started = time.monotonic()
         self.store: PgStore
+        self.lease_store: PgStore
         self.member: Member
         self.scheduler: Scheduler | None = None
         self.dispatcher: ClusterDispatcher | None = None
@@ -577,14 +578,26 @@ class ClusterDaemon:
             len(config.services),
             len(config.receivers),
         )
-        self.store = await PgStore.open(
-            settings.store,
-            password=password,
-            lock_timeout=self.policy.renew_every,
-            idle_timeout=self.policy.margin,
-        )
+        url = settings.store
+
+        async def open_store(pool_size: int) -> PgStore:
+            return await PgStore.open(
+                url,
+                password=password,
+                pool_size=pool_size,
+                lock_timeout=self.policy.renew_every,
+                idle_timeout=self.policy.margin,
+            )
+
+        self.store = await open_store(4)
         try:
-            return await self._run()
+            # The lease has a connection of its own: a burst of changes waiting
+            # for the pool must never delay a renewal into self-fencing.
+            self.lease_store = await open_store(1)
+            try:
+                return await self._run()
+            finally:
+                await self.lease_store.close()
         finally:
             await self.store.close()
 
@@ -607,7 +620,11 @@ class ClusterDaemon:
         )
         self._sender = sender
         self.member = Member(
-            self.store, self.node, self.policy, services=self._names, on_change=self._on_change
+            self.lease_store,
+            self.node,
+            self.policy,
+            services=self._names,
+            on_change=self._on_change,
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
