@@ -106,8 +106,12 @@ services:
         time.sleep(0.05)
     assert files(owner) == {f"svc-{i}": "0\n" for i in range(4)}  # as it was killed
 
-    got = heartbeats(trapd.notifications)
-    sequences = [s for s, _ in got]
-    # One heartbeat per period, never two from two nodes: one gap-free sequence.
-    assert sequences == list(range(1, len(got) + 1))
-    assert got[-1][1] == 4  # the whole cluster's services, counted by the survivor
+    received = trapd.notifications
+    got = heartbeats(received)
+    # Never two heartbeats from two nodes for one period: one gap-free sequence
+    # shared with the Downs of the end.
+    every = sorted(int(n.varbinds[SEQUENCE].text) for n in received)
+    assert every == list(range(1, len(received) + 1))
+    assert [s for s, _ in got] == sorted(s for s, _ in got)
+    assert len(received) - len(got) <= 4  # the four Downs, once each
+    assert max(up for _, up in got) == 4  # the whole cluster's services, counted
