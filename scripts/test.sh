@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
 source scripts/setup.sh
 
-ensure_debs snmptrapd snmpd snmp smitools systemd strace "${ZABBIX_DEBS[@]}"
-ensure_venv test,fast
-ensure_min_venv test,fast
+ensure_debs snmptrapd snmpd snmp smitools systemd strace postgresql "${ZABBIX_DEBS[@]}"
+ensure_venv test,fast,postgresql
+ensure_min_venv test,fast,postgresql
 bash scripts/ietf-mibs.sh .cache/ietf-mibs
 export WATCHDOG_IETF_MIBS="$PWD/.cache/ietf-mibs"
 
@@ -48,7 +48,7 @@ fi
     tests/test_config.py tests/config tests/test_cli.py \
     tests/test_e2e_snmp.py tests/test_receiver_dns.py tests/test_restart.py \
     tests/test_outage.py tests/test_daemon.py tests/test_reload.py \
-    tests/test_agent.py tests/test_agent_bulk.py || {
+    tests/test_agent.py tests/test_agent_bulk.py tests/test_store_pg.py || {
     echo "the tests fail with the oldest dependencies of constraints/minimum.txt" >&2
     exit 1
 }

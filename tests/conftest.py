@@ -10,6 +10,7 @@ import pytest
 
 from tests.dnsserver import DnsServer, running
 from tests.helpers import Daemon, SmtpServer, free_tcp_port
+from tests.postgres import PostgresServer
 from tests.snmptrapd import Snmptrapd
 
 
@@ -61,3 +62,20 @@ def dns(tmp_path: Path) -> Iterator[DnsServer]:
     directory = tmp_path / "dns"
     directory.mkdir()
     yield from running(directory)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server on loopback for the whole run, stopped at its end."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A ``postgresql://`` URL (with the password) of a fresh, empty database."""
+    return postgres_server.url(postgres_server.create_database())

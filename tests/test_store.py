@@ -1,4 +1,9 @@
-"""The state store on real SQLite files: round trips, clocks, outbox, faults."""
+"""The state store: round trips, clocks, outbox on both backends; SQLite's files and faults.
+
+Tests taking ``backend`` run against SQLite and against a real PostgreSQL
+(``tests/postgres.py``) through the async ``StateStore`` interface the
+daemon uses.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from snmp_watchdog.exceptions import WatchdogError
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
 from snmp_watchdog.store import APPLICATION_ID, Pending, Store, StoreError, StoreNotReady
+from tests.store_backends import Backend, Blocking, PgBackend, SqliteBackend
 
 # Clock pairs read "together". Every value and difference is exact in binary,
 # so round trips compare with ==.
@@ -61,6 +67,24 @@ def store(state_dir: Path) -> Iterator[Store]:
 
 def reopen(state_dir: Path) -> Store:
     return Store.open(state_dir)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, state_dir: Path) -> Iterator[Backend]:
+    """Each state store backend in turn, empty."""
+    made: Backend = (
+        SqliteBackend(state_dir)
+        if request.param == "sqlite"
+        else PgBackend(request.getfixturevalue("pg_url"))
+    )
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture
+def any_store(backend: Backend) -> Blocking:
+    """An open store of each backend (closed with the backend)."""
+    return backend.open()
 
 
 @contextlib.contextmanager
@@ -108,7 +132,7 @@ def public_dir() -> Iterator[Path]:
 # --- services -----------------------------------------------------------------
 
 
-def test_every_field_round_trips(state_dir: Path, store: Store) -> None:
+def test_every_field_round_trips(backend: Backend, any_store: Blocking) -> None:
     """Every ServiceState field survives a close and reopen, enums and Nones included."""
     assert {f.name for f in dataclasses.fields(ServiceState)} == {
         "state", "since", "failures", "successes", "changes", "flapping", "flapping_since",
@@ -119,11 +143,12 @@ def test_every_field_round_trips(state_dir: Path, store: Store) -> None:
     for f in dataclasses.fields(ServiceState):
         default = getattr(defaults, f.name)
         assert getattr(FULL, f.name) != default or getattr(SUCCEEDING, f.name) != default, f.name
+    store = any_store
     store.save_state("full", FULL, mono_now=MONO, wall_now=WALL)
     store.save_state("succeeding", SUCCEEDING, mono_now=MONO, wall_now=WALL)
     store.save_state("fresh", defaults, mono_now=MONO, wall_now=WALL)
     store.close()
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         assert again.load_states(mono_now=MONO, wall_now=WALL) == {
             "full": FULL,
             "succeeding": SUCCEEDING,
@@ -131,19 +156,21 @@ def test_every_field_round_trips(state_dir: Path, store: Store) -> None:
         }
 
 
-def test_save_replaces_the_previous_state(store: Store) -> None:
+def test_save_replaces_the_previous_state(any_store: Blocking) -> None:
+    store = any_store
     store.save_state("mail", ServiceState(checks=1), mono_now=MONO, wall_now=WALL)
     store.save_state("mail", ServiceState(checks=2), mono_now=MONO, wall_now=WALL)
     assert store.load_states(mono_now=MONO, wall_now=WALL) == {"mail": ServiceState(checks=2)}
 
 
-def test_times_move_into_the_new_monotonic_frame(state_dir: Path, store: Store) -> None:
+def test_times_move_into_the_new_monotonic_frame(backend: Backend, any_store: Blocking) -> None:
     """After a reboot the monotonic clock restarts; ages measured on the wall clock stay."""
+    store = any_store
     store.save_state("full", FULL, mono_now=MONO, wall_now=WALL)
     store.close()
     # An hour later, 50 s after boot: every time is now - (its age at save + 3600).
     mono2, wall2 = 50.0, WALL + 3600.0
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         got = again.load_states(mono_now=mono2, wall_now=wall2)["full"]
 
     def moved(t: float) -> float:
@@ -157,8 +184,9 @@ def test_times_move_into_the_new_monotonic_frame(state_dir: Path, store: Store) 
     assert got.last_elapsed == 0.125  # a duration: not moved
 
 
-def test_wall_clock_jump_backwards_clamps_future_times_to_now(store: Store) -> None:
+def test_wall_clock_jump_backwards_clamps_future_times_to_now(any_store: Blocking) -> None:
     """Times that would lie in the future after the wall clock stepped back become now."""
+    store = any_store
     store.save_state("full", FULL, mono_now=MONO, wall_now=WALL)
     # The wall clock now reads 150 s earlier than at save: times younger than
     # 150 s at save would lie in the future.
@@ -170,26 +198,29 @@ def test_wall_clock_jump_backwards_clamps_future_times_to_now(store: Store) -> N
     assert got.changes == (MONO - 299.75 + 150.0, MONO - 200.0 + 150.0, MONO)
 
 
-def test_same_clock_for_both_gives_wall_times(store: Store) -> None:
+def test_same_clock_for_both_gives_wall_times(any_store: Blocking) -> None:
     """``watchdog status`` reads wall-clock times by passing the wall clock twice."""
+    store = any_store
     store.save_state("full", FULL, mono_now=MONO, wall_now=WALL)
     got = store.load_states(mono_now=WALL + 5.0, wall_now=WALL + 5.0)["full"]
     assert got.since == WALL - 99.5
     assert got.last_check == WALL - 10.0
 
 
-def test_forget_removes_only_the_named_services(store: Store) -> None:
+def test_forget_removes_only_the_named_services(any_store: Blocking) -> None:
+    store = any_store
     for name in ("a", "b", "c"):
         store.save_state(name, ServiceState(), mono_now=MONO, wall_now=WALL)
     store.forget(iter(["a", "c", "never-there"]))
     assert set(store.load_states(mono_now=MONO, wall_now=WALL)) == {"b"}
 
 
-def test_an_invalid_stored_state_is_an_error(state_dir: Path, store: Store) -> None:
+def test_an_invalid_stored_state_is_an_error(backend: Backend, any_store: Blocking) -> None:
+    store = any_store
     store.save_state("mail", ServiceState(), mono_now=MONO, wall_now=WALL)
-    with raw(state_dir / "state.db") as db:
-        db.execute("UPDATE service SET state = 'sideways'")
-    with pytest.raises(StoreError, match=r"'mail' is invalid .*sideways.*move it aside"):
+    backend.execute("UPDATE service SET state = 'sideways'")
+    way_out = "move it aside" if backend.name == "sqlite" else "delete its row in table service"
+    with pytest.raises(StoreError, match=rf"'mail' is invalid .*sideways.*{way_out}"):
         store.load_states(mono_now=MONO, wall_now=WALL)
 
 
@@ -197,33 +228,37 @@ def test_an_invalid_stored_state_is_an_error(state_dir: Path, store: Store) -> N
 
 
 def test_sequence_starts_at_one_and_keeps_increasing_across_restarts(
-    state_dir: Path, store: Store
+    backend: Backend, any_store: Blocking
 ) -> None:
+    store = any_store
     assert [store.next_sequence() for _ in range(3)] == [1, 2, 3]
     store.close()
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         assert again.next_sequence() == 4
 
 
-def test_meta_values_persist(state_dir: Path, store: Store) -> None:
+def test_meta_values_persist(backend: Backend, any_store: Blocking) -> None:
+    store = any_store
     assert store.meta_get("engine_id") is None
     store.meta_set("engine_id", "80001f8804aabb")
     store.meta_set("boots", "1")
     store.meta_set("boots", "2")
     store.close()
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         assert again.meta_get("engine_id") == "80001f8804aabb"
         assert again.meta_get("boots") == "2"
 
 
-def test_transaction_commits_once_and_rolls_back_on_error(state_dir: Path, store: Store) -> None:
+def test_transaction_commits_once_and_rolls_back_on_error(
+    backend: Backend, any_store: Blocking
+) -> None:
+    store = any_store
     with store.transaction():
         store.save_state("a", ServiceState(), mono_now=MONO, wall_now=WALL)
         with store.transaction():  # nested: part of the outer one
             store.save_state("b", ServiceState(), mono_now=MONO, wall_now=WALL)
         # A second connection sees nothing before the outer commit.
-        with raw(state_dir / "state.db") as other:
-            assert other.execute("SELECT count(*) FROM service").fetchone() == (0,)
+        assert backend.execute("SELECT count(*) FROM service") == [(0,)]
     assert set(store.load_states(mono_now=MONO, wall_now=WALL)) == {"a", "b"}
 
     def fail_halfway() -> None:
@@ -241,14 +276,17 @@ def test_transaction_commits_once_and_rolls_back_on_error(state_dir: Path, store
 # --- outbox -------------------------------------------------------------------------
 
 
-def test_outbox_is_fifo_per_receiver_and_survives_restart(state_dir: Path, store: Store) -> None:
+def test_outbox_is_fifo_per_receiver_and_survives_restart(
+    backend: Backend, any_store: Blocking
+) -> None:
+    store = any_store
     ids = [
         store.enqueue(rcv, f"{rcv}-{n}".encode(), created=WALL + n, sequence=n)
         for n, rcv in enumerate(["nnm", "zbx", "nnm", "nnm", "zbx"], start=1)
     ]
     assert ids == sorted(ids)
     store.close()
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         assert again.pending_counts() == {"nnm": 3, "zbx": 2}
         assert again.pending("nnm", 10) == [
             Pending(ids[0], "nnm", b"nnm-1", WALL + 1, 1, 0, ""),
@@ -262,7 +300,8 @@ def test_outbox_is_fifo_per_receiver_and_survives_restart(state_dir: Path, store
         assert again.pending("nobody", 10) == []
 
 
-def test_outbox_counts_attempts_and_removes(state_dir: Path, store: Store) -> None:
+def test_outbox_counts_attempts_and_removes(any_store: Blocking) -> None:
+    store = any_store
     first = store.enqueue("nnm", b"\x00\xff binary", created=WALL, sequence=1)
     second = store.enqueue("nnm", b"two", created=WALL, sequence=2)
     store.mark_attempt(first, "timeout after 2s")
@@ -521,13 +560,13 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
         assert "note" not in columns
 
 
-def test_service_indexes_are_stable_and_never_reused(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as store:
+def test_service_indexes_are_stable_and_never_reused(backend: Backend) -> None:
+    with backend.open() as store:
         first = store.service_indexes(["b", "a"])
         assert sorted(first.values()) == [1, 2]
         store.forget(["a"])
         assert store.service_indexes(["c"]) == {"c": 3}
-    with Store.open(tmp_path) as store:
+    with backend.open() as store:
         again = store.service_indexes(["a", "b", "c"])
     assert again == {**first, "c": 3}
 

@@ -32,6 +32,7 @@ from pydantic_core import PydanticCustomError
 from snmp_watchdog.model import DEFAULT_AGENT_PORT, CheckKind
 from snmp_watchdog.model import parse_oid as model_parse_oid
 from snmp_watchdog.notify.mib import check_root
+from snmp_watchdog.pgurl import has_password, is_postgresql, redact
 
 #: Keys whose scalar values are taken as the text written (see ``_yaml.parse``).
 TEXT_KEYS = frozenset(
@@ -48,6 +49,10 @@ TEXT_KEYS = frozenset(
         "oid_root",
         "state_dir",
         "status_dir",
+        "store",
+        "store_password",
+        "store_password_file",
+        "node",
         "receivers",
         "send",
         "expect",
@@ -354,6 +359,23 @@ def parse_path(value: Any) -> str:
     raise fail(f"expected a file or directory path, got {describe(value)}")
 
 
+def parse_store(value: Any) -> str:
+    """A ``postgresql://`` URL without a password; shown only with any password hidden."""
+    if not isinstance(value, str):
+        raise fail(f"expected a postgresql:// URL, got {kind_of(value)}")
+    if not is_postgresql(value):
+        raise fail(
+            f"expected a postgresql:// URL (or no store: the SQLite database in state_dir), "
+            f"got {describe(redact(value))}"
+        )
+    if has_password(value):
+        raise fail(
+            "a password in the URL would show wherever the URL does; give it as "
+            "store_password: ${VARIABLE} or in store_password_file"
+        )
+    return value
+
+
 def parse_secret(value: Any) -> str:
     """Inline secret text or ``${VAR}``; never shown in an error."""
     if isinstance(value, str):
@@ -520,6 +542,7 @@ Regex = Annotated[str | None, PlainValidator(parse_regex)]
 Regexes = Annotated[tuple[str, ...] | None, PlainValidator(parse_regexes)]
 PathText = Annotated[str | None, PlainValidator(parse_path)]
 SecretText = Annotated[str | None, PlainValidator(parse_secret)]
+StoreUrl = Annotated[str | None, PlainValidator(parse_store)]
 IpAddress = Annotated[str | None, PlainValidator(parse_ip)]
 Version = Annotated[str | None, PlainValidator(parse_version)]
 Mode = Annotated[str | None, PlainValidator(parse_mode)]
@@ -547,6 +570,11 @@ class WatchdogSection(Section):
     heartbeat: DurationOrZero = None
     oid_root: Oid = None
     allow_weak_crypto: Bool = None
+    store: StoreUrl = None
+    store_password: SecretText = None
+    store_password_file: PathText = None
+    node: Annotated[str | None, PlainValidator(parse_name)] = None
+    lease: Duration = None
 
 
 class Schedule(Section):

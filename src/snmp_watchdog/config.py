@@ -412,6 +412,7 @@ class _Loader:
         for key in ("state_dir", "status_dir"):
             if key in values:
                 values[key] = self.resolve_path(values[key])
+        self.store_password(values)
         settings = Settings(**values)
         return settings, settings.allow_weak_crypto
 
@@ -477,6 +478,37 @@ class _Loader:
         if len(self.problems) > before:
             return None
         return Agent(**values)
+
+    def store_password(self, values: dict[str, Any]) -> None:
+        """Resolve ``store_password``/``store_password_file`` in ``values`` into a Secret.
+
+        The password of a shared store is never written in the file itself:
+        ``${VARIABLE}`` or a file only.
+        """
+        at: KeyPath = ("watchdog",)
+        for key in ("node", "lease"):
+            if key in values and "store" not in values:
+                self.report((*at, key), "applies only with store: postgresql://...")
+        if values.get("lease", 15.0) < 1.0:
+            self.report((*at, "lease"), "expected at least 1s (renewed every fifth of it)")
+        inline = values.pop("store_password", None)
+        file = values.pop("store_password_file", None)
+        if inline is None and file is None:
+            return
+        if "store" not in values:
+            key = "store_password" if inline is not None else "store_password_file"
+            self.report((*at, key), "applies only with store: postgresql://...")
+            return
+        if inline is not None and not _ENV_RE.fullmatch(inline):
+            self.report(
+                (*at, "store_password"),
+                "write ${VARIABLE} or use store_password_file; the password itself does "
+                "not belong in the configuration file",
+            )
+            return
+        password = self.secret(at, "store_password", inline, file, minimum=1)
+        if password is not None:
+            values["store_password"] = password
 
     # --- receivers: -------------------------------------------------------
 

@@ -112,6 +112,10 @@ class Daemon:
             len(config.receivers),
             self.config_path,
         )
+        if config.settings.store is not None:
+            from snmp_watchdog.cluster_daemon import ClusterDaemon  # noqa: PLC0415 (psycopg)
+
+            return await ClusterDaemon(config).run()
         self.store = store = Store.open(config.settings.state_dir)
         try:
             return await self._run(config, store)

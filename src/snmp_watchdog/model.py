@@ -180,6 +180,10 @@ class Settings:
     heartbeat: float = 0.0  # 0: no heartbeat
     oid_root: tuple[int, ...] = DEFAULT_OID_ROOT
     allow_weak_crypto: bool = False
+    store: str | None = None  # postgresql://... (no password); None: SQLite in state_dir
+    store_password: Secret | None = None
+    node: str | None = None  # this watchdog's name in a cluster (default: the host name)
+    lease: float = 15.0  # a cluster node's lease: failover takes about this long
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ not print them.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -66,7 +67,36 @@ def collect(config: model.Config) -> dict[str, Any]:
     in_use: str | None = None
     states: dict[str, ServiceState] = {}
     pending: dict[str, int] = {}
-    if (settings.state_dir / "state.db").exists():
+    cluster: dict[str, Any] | None = None
+    owners: dict[str, Any] = {}
+    if settings.store is not None:
+        from snmp_watchdog import cluster_status  # noqa: PLC0415 (needs psycopg)
+
+        shared = cluster_status.read(settings)
+        states, pending, owners = shared.states, shared.pending, shared.owners
+        cluster = {
+            "node": settings.node or socket.gethostname(),
+            "nodes": [
+                {
+                    "name": n.node,
+                    "live": n.live,
+                    "lease_until": _iso(n.expires_at),
+                    "renewed": _iso(n.renewed_at),
+                    "services": sum(
+                        1
+                        for s in config.services
+                        if getattr(owners.get(s.name), "node", "") == n.node
+                    ),
+                    "receivers": [
+                        r.name
+                        for r in config.receivers
+                        if getattr(owners.get(f"@{r.name}"), "node", "") == n.node
+                    ],
+                }
+                for n in shared.nodes
+            ],
+        }
+    elif (settings.state_dir / "state.db").exists():
         now = time.time()
         with Store.open(settings.state_dir, readonly=True) as store:
             states = store.load_states(mono_now=now, wall_now=now)
@@ -98,6 +128,10 @@ def collect(config: model.Config) -> dict[str, Any]:
                 "notified": st.notified.value,
             }
         )
+        if cluster is not None:
+            owner = owners.get(svc.name)
+            services[-1]["owner"] = owner.node if owner is not None else None
+            services[-1]["epoch"] = owner.epoch if owner is not None else None
     receivers = [
         {
             "name": r.name,
@@ -110,7 +144,7 @@ def collect(config: model.Config) -> dict[str, Any]:
         for r in config.receivers
     ]
     configured = {r.name for r in config.receivers}
-    return {
+    data: dict[str, Any] = {
         "engine_id": engine,
         "engine_id_at_next_start": at_next_start if at_next_start != engine else None,
         "services": services,
@@ -118,25 +152,34 @@ def collect(config: model.Config) -> dict[str, Any]:
         # Informs queued for receivers no longer in the file: discarded at the next start.
         "unconfigured_pending": {k: v for k, v in sorted(pending.items()) if k not in configured},
     }
+    if cluster is not None:
+        data["cluster"] = cluster
+    return data
 
 
 def render(data: dict[str, Any]) -> str:
     lines = []
-    rows = [("SERVICE", "STATE", "SINCE", "LAST CHECK", "REASON", "MS", "CHECKS", "FAILED")]
+    cluster = data.get("cluster")
+    rows: list[tuple[str, ...]] = [
+        ("SERVICE", "STATE", "SINCE", "LAST CHECK", "REASON", "MS", "CHECKS", "FAILED")
+    ]
+    if cluster is not None:
+        rows[0] += ("OWNER",)
     for s in data["services"]:
         state = s["state"] + (" (flapping)" if s["flapping"] else "")
-        rows.append(
-            (
-                s["name"],
-                state,
-                s["since"] or "-",
-                s["last_check"] or "-",
-                s["reason"] or "-",
-                f"{s['response_ms']:.1f}",
-                str(s["checks"]),
-                str(s["failed_checks"]),
-            )
+        row: tuple[str, ...] = (
+            s["name"],
+            state,
+            s["since"] or "-",
+            s["last_check"] or "-",
+            s["reason"] or "-",
+            f"{s['response_ms']:.1f}",
+            str(s["checks"]),
+            str(s["failed_checks"]),
         )
+        if cluster is not None:
+            row += (s["owner"] or "-",)
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -144,6 +187,16 @@ def render(data: dict[str, Any]) -> str:
     for s in down:
         lines.append(f"{s['name']}: {s['reason']}: {s['detail']}")
     lines.append("")
+    if cluster is not None:
+        for n in cluster["nodes"]:
+            lease = "live" if n["live"] else "lease expired"
+            lines.append(
+                f"node {n['name']}: {lease} (until {n['lease_until']}), {n['services']} "
+                f"service(s), delivers to {', '.join(n['receivers']) or 'no receiver'}"
+            )
+        if not cluster["nodes"]:
+            lines.append("no node has joined yet")
+        lines.append(f"this is node {cluster['node']}; its own SNMP engine ID:")
     engine = data["engine_id"] or "not generated yet (the daemon creates it at its first start)"
     lines.append(f"SNMP engine ID: {engine}")
     if data["engine_id_at_next_start"]:

@@ -353,28 +353,7 @@ class Store:
     def save_state(self, name: str, st: ServiceState, *, mono_now: float, wall_now: float) -> None:
         """Insert or replace the state of service ``name``."""
 
-        def wall(t: float | None) -> float | None:
-            return None if t is None else t - mono_now + wall_now
-
-        values = (
-            name,
-            st.state.value,
-            wall(st.since),
-            st.failures,
-            st.successes,
-            json.dumps([t - mono_now + wall_now for t in st.changes]),
-            int(st.flapping),
-            wall(st.flapping_since),
-            st.notified.value,
-            wall(st.notified_at),
-            wall(st.last_check),
-            None if st.last_reason is None else st.last_reason.value,
-            st.last_detail,
-            st.last_elapsed,
-            st.checks,
-            st.failed_checks,
-            st.previous.value,
-        )
+        values = (name, *encode_state(st, mono_now=mono_now, wall_now=wall_now))
         self._write(_SAVE_STATE, values)
 
     def forget(self, names: Iterable[str]) -> None:
@@ -383,29 +362,8 @@ class Store:
             self._db.executemany("DELETE FROM service WHERE name = ?", ((n,) for n in names))
 
     def _row_state(self, row: tuple[Any, ...], mono_now: float, wall_now: float) -> ServiceState:
-        def mono(t: float | None) -> float | None:
-            return None if t is None else min(t - wall_now + mono_now, mono_now)
-
         try:
-            changes = json.loads(row[5])
-            return ServiceState(
-                state=State(row[1]),
-                since=mono(row[2]),
-                failures=int(row[3]),
-                successes=int(row[4]),
-                changes=tuple(min(float(t) - wall_now + mono_now, mono_now) for t in changes),
-                flapping=bool(row[6]),
-                flapping_since=mono(row[7]),
-                notified=State(row[8]),
-                notified_at=mono(row[9]),
-                last_check=mono(row[10]),
-                last_reason=None if row[11] is None else Reason(row[11]),
-                last_detail=str(row[12]),
-                last_elapsed=float(row[13]),
-                checks=int(row[14]),
-                failed_checks=int(row[15]),
-                previous=State(row[16]),
-            )
+            return decode_state(row, mono_now=mono_now, wall_now=wall_now)
         except (ValueError, TypeError) as exc:
             raise _corrupt(
                 self.path, f"the stored state of service {row[0]!r} is invalid ({exc})"
@@ -545,6 +503,65 @@ _SAVE_STATE = f"""
     ON CONFLICT (name) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS.split(", "))}
 """  # noqa: S608
+
+
+# --- rows <-> states (shared by every backend) -------------------------------
+
+
+def encode_state(st: ServiceState, *, mono_now: float, wall_now: float) -> tuple[Any, ...]:
+    """The column values (``_STATE_COLUMNS`` order) of a state, times on the wall clock."""
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else t - mono_now + wall_now
+
+    return (
+        st.state.value,
+        wall(st.since),
+        st.failures,
+        st.successes,
+        json.dumps([t - mono_now + wall_now for t in st.changes]),
+        int(st.flapping),
+        wall(st.flapping_since),
+        st.notified.value,
+        wall(st.notified_at),
+        wall(st.last_check),
+        None if st.last_reason is None else st.last_reason.value,
+        st.last_detail,
+        st.last_elapsed,
+        st.checks,
+        st.failed_checks,
+        st.previous.value,
+    )
+
+
+def decode_state(row: tuple[Any, ...], *, mono_now: float, wall_now: float) -> ServiceState:
+    """The state in a row of ``_SELECT_STATES`` (name first), times moved to ``mono_now``.
+
+    Raises ``ValueError`` or ``TypeError`` for a row that holds no valid state.
+    """
+
+    def mono(t: float | None) -> float | None:
+        return None if t is None else min(t - wall_now + mono_now, mono_now)
+
+    changes = json.loads(row[5])
+    return ServiceState(
+        state=State(row[1]),
+        since=mono(row[2]),
+        failures=int(row[3]),
+        successes=int(row[4]),
+        changes=tuple(min(float(t) - wall_now + mono_now, mono_now) for t in changes),
+        flapping=bool(row[6]),
+        flapping_since=mono(row[7]),
+        notified=State(row[8]),
+        notified_at=mono(row[9]),
+        last_check=mono(row[10]),
+        last_reason=None if row[11] is None else Reason(row[11]),
+        last_detail=str(row[12]),
+        last_elapsed=float(row[13]),
+        checks=int(row[14]),
+        failed_checks=int(row[15]),
+        previous=State(row[16]),
+    )
 
 
 # --- opening, step by step --------------------------------------------------
