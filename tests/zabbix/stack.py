@@ -320,6 +320,19 @@ class Server:
         return "".join(f"{key}={value}\n" for key, value in lines.items())
 
     def start(self) -> Server:
+        """Start it; a listening port taken meanwhile by another process means another port."""
+        for _attempt in range(3):
+            try:
+                return self._start()
+            except AssertionError as exc:
+                if "unable to serve on any address" not in str(exc):
+                    raise
+                self.stop()
+                self.log.unlink(missing_ok=True)
+                self.port = low_free_port()
+        return self._start()
+
+    def _start(self) -> Server:
         conf = self.directory / "zabbix_server.conf"
         conf.write_text(self.config_text())
         self.trap_file.touch()
