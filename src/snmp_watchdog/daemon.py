@@ -427,13 +427,14 @@ class Daemon:
             # the service is gone, or its new definition decides from its own checks.
             log.debug("check %s: result of the previous configuration ignored", svc.name)
             return
-        log.debug(
-            "check %s: %s %s (%.1f ms)",
-            svc.name,
-            result.reason.code,
-            result.detail,
-            result.elapsed * 1000.0,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "check %s: %s %s (%.1f ms)",
+                svc.name,
+                result.reason.code,
+                result.detail,
+                result.elapsed * 1000.0,
+            )
         if notes:
             for note in notes:
                 level = logging.WARNING if note.state is state.State.DOWN else logging.INFO
@@ -493,11 +494,8 @@ class Daemon:
         if not self._dirty or self.store is None:
             return
         dirty, self._dirty = self._dirty, {}
-        mono, wall = time.monotonic(), time.time()
         try:
-            with self.store.transaction():
-                for name, st in dirty.items():
-                    self.store.save_state(name, st, mono_now=mono, wall_now=wall)
+            self.store.save_states(dirty.items(), mono_now=time.monotonic(), wall_now=time.time())
         except StoreError as exc:
             self._store_failed(exc)
             self._dirty = {**dirty, **self._dirty}
