@@ -5,9 +5,12 @@ each confirmed state change with its reason, each notification, reload, stop.
 
 Durability: a check result that produces notifications is saved together with
 them (the service's new state and one outbox row per receiver) in one
-transaction before anything is sent; other results are saved in batches once
-a second. A crash therefore never loses a notification and never repeats one
-for a state that did not change; the worst case is a lost second of counters.
+transaction before anything is sent; the results of one turn of the event
+loop share that transaction (one fsync for a burst of changes, not one per
+change), committed as soon as the turn's other callbacks have run. Other
+results are saved in batches once a second. A crash therefore never loses a
+notification and never repeats one for a state that did not change; the worst
+case is a lost second of counters.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class Daemon:
         self.status_files: StatusFiles | None = None
         self.indexes: dict[str, int] = {}
         self._dirty: dict[str, state.ServiceState] = {}
+        # Results with notifications not yet committed (see ``_commit_changes``).
+        self._changes: list[tuple[Service, state.ServiceState, list[_Event]]] = []
+        self._commit_soon: asyncio.Handle | None = None
         self._store_failing = False
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -299,6 +305,7 @@ class Daemon:
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
         # From here on nothing awaits: no check result comes in halfway.
+        self._commit_changes()  # under the configuration that produced them
         told = self._what_receivers_must_be_told(old, config)
         added, changed, removed = self.scheduler.update(config.services)
         self.indexes = indexes
@@ -448,16 +455,41 @@ class Daemon:
     def _persist_and_notify(
         self, svc: Service, st: state.ServiceState, notes: tuple[state.Notification, ...]
     ) -> None:
-        assert self.store is not None
+        """Save ``st`` with ``notes`` and hand them to delivery, with this turn's others."""
         self._dirty.pop(svc.name, None)
         index = self.indexes[svc.name]
+        self._changes.append((svc, st, [_Event(svc, index, note) for note in notes]))
+        if self._commit_soon is None:
+            self._commit_soon = asyncio.get_running_loop().call_soon(self._commit_changes)
+
+    def _commit_changes(self) -> None:
+        """Commit the pending results with notifications in one transaction, then queue them.
+
+        Called once the loop turn that produced them has run its other
+        callbacks, and before anything else writes or numbers notifications
+        (a flush, a reload, a heartbeat, the stop), so the order is kept.
+        When the transaction fails, the notifications go out from memory and
+        the states wait for the next flush, as for a single result.
+        """
+        if self._commit_soon is not None:
+            self._commit_soon.cancel()
+            self._commit_soon = None
+        if not self._changes:
+            return
+        assert self.store is not None
+        changes, self._changes = self._changes, []
         store = self.store
 
         def save() -> None:
-            store.save_state(svc.name, st, mono_now=time.monotonic(), wall_now=time.time())
+            store.save_states(
+                ((svc.name, st) for svc, st, _ in changes),
+                mono_now=time.monotonic(),
+                wall_now=time.time(),
+            )
 
-        if not self._queue([_Event(svc, index, note) for note in notes], save=save):
-            self._dirty[svc.name] = st
+        if not self._queue([e for _, _, events in changes for e in events], save=save):
+            for svc, st, _ in changes:
+                self._dirty[svc.name] = st
 
     def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
         """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
@@ -491,6 +523,7 @@ class Daemon:
 
     def _flush(self) -> None:
         """Save the states that changed without a notification, in one transaction."""
+        self._commit_changes()  # first: a state saved later must not be overwritten by it
         if not self._dirty or self.store is None:
             return
         dirty, self._dirty = self._dirty, {}
@@ -525,6 +558,7 @@ class Daemon:
     async def _heartbeat_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
+            self._commit_changes()  # numbered before the heartbeat, as they happened
             counts = self._counts()
             assert self.store is not None
             assert self.notifier is not None
