@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import logging
 import os
@@ -634,6 +635,8 @@ class BurstResult:
     submit: float  # seconds to submit all
     total: float  # first submit -> last received
     stall: float  # during delivery, the longest the loop went without running a ticker
+    busy: float  # the most CPU this process used within one such gap (the rest: not ours)
+    gc_pause: float  # the longest garbage collection during delivery
     problems: int
 
 
@@ -676,16 +679,29 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
         await asyncio.sleep(0.05)
         trapd.notifications()  # skip the warm-up
         problems0 = bench.problems.count
-        stall = 0.0
+        stall = busy = gc_pause = 0.0
         done = False
 
         async def ticker(last: float) -> None:
-            nonlocal stall
+            nonlocal stall, busy
+            last_cpu = time.process_time()
             while not done:
                 now = time.perf_counter()
+                cpu = time.process_time()
                 stall = max(stall, now - last)
+                busy = max(busy, cpu - last_cpu)
+                last_cpu = cpu
                 last = now
                 await asyncio.sleep(0.001)
+
+        gc_started = 0.0
+
+        def on_gc(phase: str, _info: dict[str, int]) -> None:
+            nonlocal gc_started, gc_pause
+            if phase == "start":
+                gc_started = time.perf_counter()
+            else:
+                gc_pause = max(gc_pause, time.perf_counter() - gc_started)
 
         lines: list[str] = []
         t0 = time.perf_counter()
@@ -699,6 +715,7 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
         submitted = time.perf_counter() - t0
         # From here on the loop is free to run other tasks: does delivery let it?
         ticking = asyncio.create_task(ticker(time.perf_counter()))
+        gc.callbacks.append(on_gc)
         deadline = t0 + (60.0 if kind.inform else 20.0)
         while time.perf_counter() < deadline:
             lines += [
@@ -714,12 +731,15 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
         ]
         done = True
         await ticking
+        gc.callbacks.remove(on_gc)
         return BurstResult(
             len(lines),
             check_sequences(lines),
             submitted,
             total,
             stall,
+            busy,
+            gc_pause,
             bench.problems.count - problems0,
         )
     finally:
@@ -764,7 +784,8 @@ async def bursts(bench: Bench) -> None:
                 f"burst {kind.label:<19} {how}: {r.received}/{BURST} received, "
                 f"{r.sequences_ok}; submit {r.submit * 1000:.0f} ms; first submit -> last "
                 f"received {r.total:.2f} s ({BURST / r.total:.0f}/s); longest event-loop "
-                f"stall while delivering {r.stall * 1000:.1f} ms"
+                f"stall while delivering {r.stall * 1000:.1f} ms (at most {r.busy * 1000:.1f} ms "
+                f"of CPU in one gap; longest GC {r.gc_pause * 1000:.1f} ms)"
                 f"{', warnings ' + str(r.problems) if r.problems else ''}{flag}"
             )
         ratio = min(r.submit for r in runs[True]) / min(r.submit for r in runs[False])
