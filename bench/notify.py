@@ -78,7 +78,7 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from _sink import Counter, Trapd, V3User, varbind
 from snmp_watchdog import model, state
 from snmp_watchdog.cli import setup_logging
-from snmp_watchdog.daemon import Daemon
+from snmp_watchdog.daemon import Daemon, settle_memory
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, Oids
 from snmp_watchdog.notify.notifier import Notifier, wall_time
@@ -678,6 +678,7 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
             raise SystemExit(f"burst {kind.label}: warm-up failed: {delivery}")
         await asyncio.sleep(0.05)
         trapd.notifications()  # skip the warm-up
+        settle_memory()  # as the daemon does once it is ready
         problems0 = bench.problems.count
         stall = busy = gc_pause = 0.0
         done = False
