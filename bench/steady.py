@@ -3,6 +3,9 @@
     .venv/bin/python bench/steady.py                        # N = 2,000 and 10,000
     .venv/bin/python bench/steady.py --sizes 2000 --rate 2000 --seconds 20
     .venv/bin/python bench/steady.py --profile 2000         # cProfile of the daemon
+    .venv/bin/python bench/steady.py --other-src /tmp/main/src  # also another version
+
+(``git archive main src | tar -x -C /tmp/main`` makes such a tree.)
 
 A server process listens on N loopback addresses and speaks a minimal SMTP
 conversation, counting the conversations it completes. In the same run, one
@@ -263,6 +266,7 @@ class Setup:
     warmup: float  # seconds before the window
     seconds: float  # the measuring window
     work: Path  # the daemon's configuration and state go here
+    other: Path | None = None  # the ``src`` directory of another version of the daemon
 
 
 def start(side: str, loop_name: str, setup: Setup) -> subprocess.Popen[bytes]:
@@ -274,7 +278,11 @@ def start(side: str, loop_name: str, setup: Setup) -> subprocess.Popen[bytes]:
         shutil.rmtree(setup.work / "status", ignore_errors=True)
         config = write_config(setup.work, setup.n, setup.interval, setup.timeout)
         cmd = [sys.executable, "-c", _DAEMON, loop_name, "-c", str(config), "run"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if side == "other":  # the same command, importing the package from there
+        assert setup.other is not None
+        env["PYTHONPATH"] = str(setup.other)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 def measure(server: Server, side: str, loop_name: str, setup: Setup) -> dict[str, Any]:
@@ -310,6 +318,12 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--warmup", type=float, default=8.0)
     p.add_argument("--seconds", type=float, default=20.0, help="measuring window")
+    p.add_argument(
+        "--other-src",
+        type=Path,
+        metavar="DIR",
+        help="also run the daemon from this src directory (another version) beside this one",
+    )
     p.add_argument("--repeat", type=int, default=2, help="runs of each side; the best counts")
     p.add_argument("--loops", default="", help="asyncio,uvloop (default: those installed)")
     p.add_argument("--profile", type=int, metavar="N", help="profile the daemon with N services")
@@ -336,15 +350,20 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-steady-") as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
-            setup = Setup(n, n / args.rate, args.timeout, args.warmup, args.seconds, Path(tmp))
+            setup = Setup(
+                n, n / args.rate, args.timeout, args.warmup, args.seconds, Path(tmp), args.other_src
+            )
             server = Server(n)
             try:
                 for loop_name in loops:
                     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "watchdog": []}
+                    if setup.other is not None:
+                        runs["other"] = []
                     for _ in range(args.repeat):  # interleaved: both see the same machine
                         for side, results in runs.items():
                             results.append(measure(server, side, loop_name, setup))
-                    b, w = (min(r, key=lambda x: x["cpu_per_check_ms"]) for r in runs.values())
+                    best = {k: min(r, key=lambda x: x["cpu_per_check_ms"]) for k, r in runs.items()}
+                    b, w = best["plain"], best["watchdog"]
                     print(
                         f"N={n:>6} {loop_name:>7}: plain {b['checks_per_s']:6.0f} checks/s "
                         f"{b['cpu_per_check_ms']:.3f} ms CPU/check | watchdog "
@@ -354,6 +373,16 @@ def main() -> None:
                         f"peak RSS {w['peak_rss_mb']:.0f} MB",
                         flush=True,
                     )
+                    if "other" in best:
+                        o = best["other"]
+                        print(
+                            f"N={n:>6} {loop_name:>7}: the daemon from {setup.other}: "
+                            f"{o['checks_per_s']:6.0f} checks/s {o['cpu_per_check_ms']:.3f} ms "
+                            f"CPU/check | ratio to plain "
+                            f"{o['cpu_per_check_ms'] / b['cpu_per_check_ms']:.2f}x | this one / "
+                            f"that one {w['cpu_per_check_ms'] / o['cpu_per_check_ms']:.2f}",
+                            flush=True,
+                        )
             finally:
                 server.stop()
 
