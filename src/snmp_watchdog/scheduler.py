@@ -44,8 +44,8 @@ log = logging.getLogger("snmp_watchdog")
 
 #: The shortest sleep of the dispatcher. uvloop's timers count whole
 #: milliseconds: a shorter one fires at the next turn of the loop, before the
-#: check is due, and the dispatcher would spin until it is (about half the CPU
-#: of a check at 2,000 checks/s). A due check starts at most this much late.
+#: check is due, and the dispatcher would spin until it is (a fifth or more of
+#: the daemon's CPU at 2,000 checks/s). A due check starts at most this much late.
 MIN_SLEEP = 0.001
 
 
