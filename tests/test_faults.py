@@ -368,6 +368,33 @@ def test_a_notification_kept_in_memory_is_not_overtaken_by_one_stored_later(
     assert asyncio.run(scenario()) == [1, 2, 3]
 
 
+def test_stored_notifications_are_decoded_one_at_a_time_as_they_reach_the_head(
+    tmp_path: Path,
+) -> None:
+    """Decoding builds SNMP values; a whole window at once would hold the loop in a burst.
+
+    A broken row behind the head is therefore found (and dropped) only when it
+    becomes the head, not when its window is read from the database.
+    """
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        with Store.open(tmp_path / "state") as store:
+            queue = StoreQueue(store, "nms")
+            queue.append(Pending("nms", _message(1), time.monotonic()))
+            broken = store.enqueue("nms", b"not json", created=time.time(), sequence=2)
+            queue.append(Pending("nms", _message(3), time.monotonic()))
+            first = await _head(queue)
+            still_stored = [row.id for row in store.pending("nms", 10)]
+            queue.remove(first)
+            rest = [(await _head(queue)).message.sequence]
+            return first.message.sequence, broken, [*still_stored, *rest]
+
+    first, broken, seen = asyncio.run(scenario())
+    assert first == 1
+    assert broken in seen[:-1]  # not decoded yet, so not dropped yet
+    assert seen[-1] == 3  # then dropped on its turn, and the next one follows
+
+
 class Clocks:
     """A monotonic and a wall clock that tests move; the wall one can be stepped alone."""
 

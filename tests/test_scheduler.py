@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -275,3 +276,30 @@ def test_stop_while_waiting_for_a_free_slot_returns_at_once() -> None:
         await run_for(sched, 0.2)
 
     run(main(), timeout=3.0)
+
+
+def test_the_dispatcher_sleeps_until_a_check_is_due_on_uvloop() -> None:
+    """uvloop's timers count whole milliseconds: a shorter sleep ends at once, and a
+    dispatcher that slept for what was left would spin, reading the clock again and
+    again, until the next check was due. It reads it a few times per check."""
+    import uvloop  # noqa: PLC0415 (the daemon's loop when installed; the tests install it)
+
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        return time.monotonic()
+
+    rec = Recorder()
+
+    async def main() -> int:
+        # A check due every 2.5 ms: 20 services every 50 ms, spread over the interval.
+        services = [svc(f"s{i}", interval=0.05, retry_interval=0.05, jitter=1.0) for i in range(20)]
+        sched = Scheduler(services, check=rec.check, clock=clock)
+        await run_for(sched, 1.0)
+        return sched.checks_done
+
+    checks = uvloop.run(main())
+    assert checks > 100
+    assert reads / checks < 8, (reads, checks)

@@ -9,6 +9,7 @@ notification reports.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -597,3 +598,40 @@ def test_random_sequences_keep_the_rules() -> None:
         _simulate(seed, seen)
     # the sequences did exercise every kind, reminders included
     assert set(seen) == {(kind, False) for kind in Kind} | {(Kind.DOWN, True)}
+
+
+def test_a_check_changes_only_what_it_counts() -> None:
+    """A check that confirms nothing carries every other remembered field over as it was."""
+    current = ServiceState(
+        state=D,
+        since=5.0,
+        failures=2,
+        changes=(6.0, 7.0),
+        flapping=True,
+        flapping_since=7.0,
+        notified=U,
+        notified_at=3.0,
+        last_check=8.0,
+        last_reason=Reason.REFUSED,
+        last_detail="connection refused",
+        last_elapsed=0.5,
+        checks=9,
+        failed_checks=4,
+        previous=U,
+    )
+    result = CheckResult(Reason.TIMEOUT, "deadline passed", 1.5)
+    new, notes = step(current, result, P, 10.0)
+    assert notes == ()
+    counted = {
+        "failures": 3,
+        "successes": 0,
+        "last_check": 10.0,
+        "last_reason": Reason.TIMEOUT,
+        "last_detail": "deadline passed",
+        "last_elapsed": 1.5,
+        "checks": 10,
+        "failed_checks": 5,
+    }
+    for f in dataclasses.fields(ServiceState):
+        expected = counted.get(f.name, getattr(current, f.name))
+        assert getattr(new, f.name) == expected, f.name

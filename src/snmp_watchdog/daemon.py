@@ -5,9 +5,12 @@ each confirmed state change with its reason, each notification, reload, stop.
 
 Durability: a check result that produces notifications is saved together with
 them (the service's new state and one outbox row per receiver) in one
-transaction before anything is sent; other results are saved in batches once
-a second. A crash therefore never loses a notification and never repeats one
-for a state that did not change; the worst case is a lost second of counters.
+transaction before anything is sent; the results of one turn of the event
+loop share that transaction (one fsync for a burst of changes, not one per
+change), committed as soon as the turn's other callbacks have run. Other
+results are saved in batches once a second. A crash therefore never loses a
+notification and never repeats one for a state that did not change; the worst
+case is a lost second of counters.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ def describe(svc: Service, note: state.Notification) -> str:
     )
 
 
+def settle_memory() -> None:
+    """Collect what start-up or a reload left behind, and take what stays out of collections.
+
+    The modules, the SNMP engine's MIB objects and the configuration live as
+    long as the process (or until the next reload) and are most of its
+    objects: every full collection would walk them all again, holding the
+    event loop for tens of milliseconds (bench/notify.py measures it during
+    bursts). What a reload makes garbage of is collected first, as
+    ``unfreeze`` hands it back to the collector.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class _Event(NamedTuple):
     """A notification to queue: for the service's receivers, or for ``receivers``."""
 
@@ -91,6 +109,9 @@ class Daemon:
         self.agent: AgentRunner | None = None
         self.indexes: dict[str, int] = {}
         self._dirty: dict[str, state.ServiceState] = {}
+        # Results with notifications not yet committed (see ``_commit_changes``).
+        self._changes: list[tuple[Service, state.ServiceState, list[_Event]]] = []
+        self._commit_soon: asyncio.Handle | None = None
         self._store_failing = False
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -152,11 +173,7 @@ class Daemon:
         background = [asyncio.create_task(self._flush_loop(), name="flush")]
         self._set_heartbeat(config.settings.heartbeat)
         background += self._keep_alive()
-        # Everything made so far lives as long as the daemon (the configuration, the pysnmp
-        # engines and their MIB objects): out of the cyclic collector's sight, a full
-        # collection no longer scans them, which took 100-200 ms at 10,000 services while
-        # checks waited (bench/agent.py).
-        gc.freeze()
+        settle_memory()
         log.info("ready")
         self.systemd.ready(self.status_line())
         stop = asyncio.create_task(self._stop.wait())
@@ -343,6 +360,7 @@ class Daemon:
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
         # From here on nothing awaits: no check result comes in halfway.
+        self._commit_changes()  # under the configuration that produced them
         told = self._what_receivers_must_be_told(old, config)
         added, changed, removed = self.scheduler.update(config.services)
         self.indexes = indexes
@@ -362,6 +380,7 @@ class Daemon:
                 self.status_files.forget(name)
         self._apply_settings(config.settings, old.settings)
         self.config = config
+        settle_memory()
         log.info(
             "configuration reloaded: %d services (%d added, %d changed, %d removed)",
             len(config.services),
@@ -476,13 +495,14 @@ class Daemon:
             return
         if self.agent is not None:
             self.agent.result(svc, st, result)
-        log.debug(
-            "check %s: %s %s (%.1f ms)",
-            svc.name,
-            result.reason.code,
-            result.detail,
-            result.elapsed * 1000.0,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "check %s: %s %s (%.1f ms)",
+                svc.name,
+                result.reason.code,
+                result.detail,
+                result.elapsed * 1000.0,
+            )
         if notes:
             for note in notes:
                 level = logging.WARNING if note.state is state.State.DOWN else logging.INFO
@@ -496,16 +516,41 @@ class Daemon:
     def _persist_and_notify(
         self, svc: Service, st: state.ServiceState, notes: tuple[state.Notification, ...]
     ) -> None:
-        assert self.store is not None
+        """Save ``st`` with ``notes`` and hand them to delivery, with this turn's others."""
         self._dirty.pop(svc.name, None)
         index = self.indexes[svc.name]
+        self._changes.append((svc, st, [_Event(svc, index, note) for note in notes]))
+        if self._commit_soon is None:
+            self._commit_soon = asyncio.get_running_loop().call_soon(self._commit_changes)
+
+    def _commit_changes(self) -> None:
+        """Commit the pending results with notifications in one transaction, then queue them.
+
+        Called once the loop turn that produced them has run its other
+        callbacks, and before anything else writes or numbers notifications
+        (a flush, a reload, a heartbeat, the stop), so the order is kept.
+        When the transaction fails, the notifications go out from memory and
+        the states wait for the next flush, as for a single result.
+        """
+        if self._commit_soon is not None:
+            self._commit_soon.cancel()
+            self._commit_soon = None
+        if not self._changes:
+            return
+        assert self.store is not None
+        changes, self._changes = self._changes, []
         store = self.store
 
         def save() -> None:
-            store.save_state(svc.name, st, mono_now=time.monotonic(), wall_now=time.time())
+            store.save_states(
+                ((svc.name, st) for svc, st, _ in changes),
+                mono_now=time.monotonic(),
+                wall_now=time.time(),
+            )
 
-        if not self._queue([_Event(svc, index, note) for note in notes], save=save):
-            self._dirty[svc.name] = st
+        if not self._queue([e for _, _, events in changes for e in events], save=save):
+            for svc, st, _ in changes:
+                self._dirty[svc.name] = st
 
     def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
         """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
@@ -539,14 +584,12 @@ class Daemon:
 
     def _flush(self) -> None:
         """Save the states that changed without a notification, in one transaction."""
+        self._commit_changes()  # first: a state saved later must not be overwritten by it
         if not self._dirty or self.store is None:
             return
         dirty, self._dirty = self._dirty, {}
-        mono, wall = time.monotonic(), time.time()
         try:
-            with self.store.transaction():
-                for name, st in dirty.items():
-                    self.store.save_state(name, st, mono_now=mono, wall_now=wall)
+            self.store.save_states(dirty.items(), mono_now=time.monotonic(), wall_now=time.time())
         except StoreError as exc:
             self._store_failed(exc)
             self._dirty = {**dirty, **self._dirty}
@@ -576,6 +619,7 @@ class Daemon:
     async def _heartbeat_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
+            self._commit_changes()  # numbered before the heartbeat, as they happened
             counts = self._counts()
             assert self.store is not None
             assert self.notifier is not None

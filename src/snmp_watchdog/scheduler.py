@@ -24,7 +24,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import random
@@ -44,6 +43,12 @@ ResultFn = Callable[
 ]
 
 log = logging.getLogger("snmp_watchdog")
+
+#: The shortest sleep of the dispatcher. uvloop's timers count whole
+#: milliseconds: a shorter one fires at the next turn of the loop, before the
+#: check is due, and the dispatcher would spin until it is (a fifth or more of
+#: the daemon's CPU at 2,000 checks/s). A due check starts at most this much late.
+MIN_SLEEP = 0.001
 
 
 @dataclass(slots=True)
@@ -82,7 +87,7 @@ class Scheduler:
         self._slots: dict[str, Slot] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the idle dispatcher's sleep
         self._stopping = False
         self.progress = clock()
         self.checks_done = 0
@@ -149,6 +154,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Dispatch checks until ``stop()``; then cancel what is in flight."""
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
                 now = self._clock()
@@ -165,20 +171,26 @@ class Scheduler:
                         break
                     self._running += 1
                     slot.running = True
-                    task = asyncio.create_task(self._run_one(slot), name=f"check {name}")
+                    task = loop.create_task(self._run_one(slot), name=f"check {name}")
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                     continue
                 delay = (self._heap[0][0] - now) if self._heap else 1.0
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
+                # One future and one timer per sleep (not wait_for's task and timeout):
+                # the dispatcher sleeps once per due time, so this is on the hot path.
+                self._waiter = waiter = loop.create_future()
+                timer = loop.call_later(min(max(delay, MIN_SLEEP), 1.0), _release, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
         finally:
             await self._cancel_all()
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self._wake()
         self._slot_freed.set()
 
     # -- internals ---------------------------------------------------------
@@ -188,7 +200,11 @@ class Scheduler:
         entry = (due, slot.generation, slot.service.name)
         heapq.heappush(self._heap, entry)
         if self._heap[0] is entry:
-            self._wake.set()  # due before whatever the dispatcher sleeps towards
+            self._wake()  # due before whatever the dispatcher sleeps towards
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _release(self._waiter)
 
     async def _run_one(self, slot: Slot) -> None:
         svc = slot.service
@@ -235,3 +251,8 @@ class Scheduler:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

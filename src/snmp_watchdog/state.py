@@ -225,17 +225,27 @@ def step(
         if broken(current):
             raise StateMachineError(f"illegal service state: {rule}: {current!r}")
     good = result.ok
-    st = replace(
-        current,
-        successes=current.successes + 1 if good else 0,
+    changes = current.changes
+    if changes:
+        changes = tuple(t for t in changes if now - t < policy.flap_window)
+    # Built field by field rather than with ``replace``: this runs once per check.
+    st = ServiceState(
+        state=current.state,
+        since=current.since,
         failures=0 if good else current.failures + 1,
-        changes=tuple(t for t in current.changes if now - t < policy.flap_window),
+        successes=current.successes + 1 if good else 0,
+        changes=changes,
+        flapping=current.flapping,
+        flapping_since=current.flapping_since,
+        notified=current.notified,
+        notified_at=current.notified_at,
         last_check=now,
         last_reason=result.reason,
         last_detail=result.detail,
         last_elapsed=result.elapsed,
         checks=current.checks + 1,
         failed_checks=current.failed_checks + (0 if good else 1),
+        previous=current.previous,
     )
     notes: tuple[Notification, ...] = ()
     towards = _TOWARDS[(current.state, good)]

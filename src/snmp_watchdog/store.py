@@ -352,9 +352,16 @@ class Store:
 
     def save_state(self, name: str, st: ServiceState, *, mono_now: float, wall_now: float) -> None:
         """Insert or replace the state of service ``name``."""
+        self._write(_SAVE_STATE, _state_row(name, st, mono_now, wall_now))
 
-        values = (name, *encode_state(st, mono_now=mono_now, wall_now=wall_now))
-        self._write(_SAVE_STATE, values)
+    def save_states(
+        self, states: Iterable[tuple[str, ServiceState]], *, mono_now: float, wall_now: float
+    ) -> None:
+        """``save_state`` for many services in one statement (and one commit, unless nested)."""
+        with self.transaction(), self._sql():
+            self._db.executemany(
+                _SAVE_STATE, (_state_row(name, st, mono_now, wall_now) for name, st in states)
+            )
 
     def forget(self, names: Iterable[str]) -> None:
         """Delete the states of these services (no longer configured)."""
@@ -505,27 +512,38 @@ _SAVE_STATE = f"""
 """  # noqa: S608
 
 
+_STATE_TEXT = {s: s.value for s in State}
+_REASON_NUMBER = {r: r.value for r in Reason}
+
+
+def _state_row(name: str, st: ServiceState, mono_now: float, wall_now: float) -> tuple[Any, ...]:
+    """The ``_SAVE_STATE`` parameters of one service: its name, then ``encode_state``."""
+    return (name, *encode_state(st, mono_now=mono_now, wall_now=wall_now))
+
+
 # --- rows <-> states (shared by every backend) -------------------------------
 
 
 def encode_state(st: ServiceState, *, mono_now: float, wall_now: float) -> tuple[Any, ...]:
     """The column values (``_STATE_COLUMNS`` order) of a state, times on the wall clock."""
-
-    def wall(t: float | None) -> float | None:
-        return None if t is None else t - mono_now + wall_now
-
+    since, flapping_since, notified_at, last_check = (
+        st.since,
+        st.flapping_since,
+        st.notified_at,
+        st.last_check,
+    )
     return (
-        st.state.value,
-        wall(st.since),
+        _STATE_TEXT[st.state],
+        None if since is None else since - mono_now + wall_now,
         st.failures,
         st.successes,
-        json.dumps([t - mono_now + wall_now for t in st.changes]),
+        json.dumps([t - mono_now + wall_now for t in st.changes]) if st.changes else "[]",
         int(st.flapping),
-        wall(st.flapping_since),
-        st.notified.value,
-        wall(st.notified_at),
-        wall(st.last_check),
-        None if st.last_reason is None else st.last_reason.value,
+        None if flapping_since is None else flapping_since - mono_now + wall_now,
+        _STATE_TEXT[st.notified],
+        None if notified_at is None else notified_at - mono_now + wall_now,
+        None if last_check is None else last_check - mono_now + wall_now,
+        None if st.last_reason is None else _REASON_NUMBER[st.last_reason],
         st.last_detail,
         st.last_elapsed,
         st.checks,

@@ -8,7 +8,10 @@ after the restart: at least once, never lost.
 
 Memory stays bounded however long a receiver is away: the queue holds at most
 ``window`` notifications in memory and reads the next ones from the database
-as it goes.
+as it goes. They are kept as stored and decoded one at a time, when one
+becomes the head: decoding builds the message's SNMP values, and a whole
+window of them at once would hold the event loop (and every check) for tens of
+milliseconds in a burst.
 
 Heartbeats are kept in memory only (``append_volatile``); a new one replaces
 an older one still waiting, so a receiver away for days does not pile them up.
@@ -41,6 +44,7 @@ from collections.abc import Callable
 
 from snmp_watchdog.notify.message import Message, decode, encode
 from snmp_watchdog.notify.outbox import Pending
+from snmp_watchdog.store import Pending as Row
 from snmp_watchdog.store import Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
@@ -67,7 +71,9 @@ class StoreQueue:
         self._window = window
         self._clock = clock
         self._wall = wall
-        self._items: collections.deque[Pending] = collections.deque()  # loaded from the store
+        self._items: collections.deque[Pending] = collections.deque()  # the stored head, decoded
+        # Loaded from the store, not decoded yet: (row, when it was submitted).
+        self._rows: collections.deque[tuple[Row, float]] = collections.deque()
         self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
         self._last_loaded = 0  # highest row id loaded so far
         # (first row id, wall - monotonic offset) for the rows from that id on; a new
@@ -103,7 +109,9 @@ class StoreQueue:
     async def head(self) -> Pending:
         while True:
             if not self._items:
-                self._load()
+                if not self._rows:
+                    self._load()
+                self._decode_next()
             if self._items and self._volatile:
                 stored, volatile = self._items[0], self._volatile[0]
                 return stored if stored.message.sequence < volatile.message.sequence else volatile
@@ -133,6 +141,7 @@ class StoreQueue:
     def clear(self) -> int:
         dropped = len(self)
         self._items.clear()
+        self._rows.clear()
         self._volatile.clear()
         self._store.discard(self._receiver)
         return dropped
@@ -142,7 +151,7 @@ class StoreQueue:
             stored = self._store.count_pending(self._receiver, after=self._last_loaded)
         except StoreError:
             stored = 0
-        return len(self._items) + stored + len(self._volatile)
+        return len(self._items) + len(self._rows) + stored + len(self._volatile)
 
     def _retry_removals(self) -> None:
         while self._removed:
@@ -150,6 +159,7 @@ class StoreQueue:
             self._store.remove(key)
 
     def _load(self) -> None:
+        """Read the next window of stored rows (not decoded: see ``_decode_next``)."""
         try:
             rows = self._store.pending(self._receiver, self._window, after=self._last_loaded)
         except StoreError:
@@ -159,6 +169,14 @@ class StoreQueue:
             self._last_loaded = row.id
             if row.id in self._removed:
                 continue
+            self._rows.append((row, min(row.created - self._offset(row.id), mono)))
+        while len(self._frames) > 1 and self._frames[1][0] <= self._last_loaded + 1:
+            self._frames.pop(0)  # only rows not loaded yet need their frame
+
+    def _decode_next(self) -> None:
+        """Decode loaded rows until one is readable; it becomes the stored head."""
+        while self._rows:
+            row, submitted = self._rows.popleft()
             try:
                 message: Message = decode(row.payload)
             except ValueError as exc:
@@ -170,10 +188,8 @@ class StoreQueue:
                 )
                 self._store.remove(row.id)
                 continue
-            submitted = min(row.created - self._offset(row.id), mono)
             self._items.append(Pending(self._receiver, message, submitted, row.id))
-        while len(self._frames) > 1 and self._frames[1][0] <= self._last_loaded + 1:
-            self._frames.pop(0)  # only rows not loaded yet need their frame
+            return
 
     def _offset(self, row: int) -> float:
         """The wall-minus-monotonic offset row ``row`` was written with (see the module)."""
