@@ -70,13 +70,6 @@ from snmp_watchdog.store_pg import PgStore
 
 log = logging.getLogger("snmp_watchdog")
 
-_KINDS = {
-    state.Kind.DOWN: "down",
-    state.Kind.UP: "up",
-    state.Kind.FLAPPING: "flapping",
-    state.Kind.FLAPPING_ENDED: "flapping_ended",
-}
-
 #: How often a receiver's owner looks for rows other nodes added to its queue.
 POLL = 0.2
 #: How often states that produced no notification are written.
@@ -487,7 +480,7 @@ class ClusterDaemon:
 
     def _message(self, svc: model.Service, note: state.Notification, sequence: int) -> Message:
         return self.builder.service_event(
-            kind=_KINDS[note.kind],
+            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
             service=svc,
             index=self.indexes[svc.name],
             state=note.state.value,

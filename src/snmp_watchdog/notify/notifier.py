@@ -31,13 +31,6 @@ from snmp_watchdog.store import Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
 
-_KINDS = {
-    state.Kind.DOWN: "down",
-    state.Kind.UP: "up",
-    state.Kind.FLAPPING: "flapping",
-    state.Kind.FLAPPING_ENDED: "flapping_ended",
-}
-
 
 def wall_time(mono: float, *, clock: Callable[[], float] = time.monotonic) -> float:
     """A monotonic time of this process as wall-clock seconds since the epoch."""
@@ -96,7 +89,7 @@ class Notifier:
         ``last_sequence`` back and call again with ``durable=False``.
         """
         message = self._builder.service_event(
-            kind=_KINDS[note.kind],
+            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
             service=svc,
             index=index,
             state=note.state.value,
