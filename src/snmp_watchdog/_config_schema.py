@@ -647,6 +647,15 @@ class PrivSection(Section):
     key_file: PathText = None
 
 
+#: An SNMPv3 user's keys, as receivers and the agent's users write them.
+AuthKey = Annotated[
+    AuthSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
+]
+PrivKey = Annotated[
+    PrivSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
+]
+
+
 class ReceiverSection(Section):
     name: Name
     host: Host
@@ -656,12 +665,8 @@ class ReceiverSection(Section):
     community: SecretText = None
     community_file: PathText = None
     user: User = None
-    auth: Annotated[
-        AuthSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
-    ] = None
-    priv: Annotated[
-        PrivSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
-    ] = None
+    auth: AuthKey = None
+    priv: PrivKey = None
     source: IpAddress = None
     timeout: Duration = None
     give_up_after: Duration = None
@@ -669,12 +674,8 @@ class ReceiverSection(Section):
 
 class AgentUserSection(Section):
     user: Annotated[str, PlainValidator(parse_user)]
-    auth: Annotated[
-        AuthSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
-    ] = None
-    priv: Annotated[
-        PrivSection | None, BeforeValidator(_not_null("a mapping with protocol and key"))
-    ] = None
+    auth: AuthKey = None
+    priv: PrivKey = None
 
 
 class AgentSection(Section):
