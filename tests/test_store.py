@@ -612,3 +612,25 @@ def test_a_reader_that_comes_while_the_daemon_creates_the_database_is_told_to_wa
     db.close()  # a database file exists, its schema not committed yet (version 0)
     with pytest.raises(StoreNotReady, match="still creating the state database"):
         Store.open(tmp_path, readonly=True)
+
+
+def test_a_new_database_appears_whole_to_a_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the last migration of a first start runs, a reader still sees schema 0."""
+    seen: list[int] = []
+    last = store_module._MIGRATIONS[-1]
+
+    def watched(db: sqlite3.Connection) -> None:
+        last(db)
+        reader = sqlite3.connect(tmp_path / "state.db")
+        try:
+            seen.append(int(reader.execute("PRAGMA user_version").fetchone()[0]))
+        finally:
+            reader.close()
+
+    monkeypatch.setattr(store_module, "_MIGRATIONS", [*store_module._MIGRATIONS[:-1], watched])
+    Store.open(tmp_path).close()
+    assert seen == [0]
+    with Store.open(tmp_path, readonly=True) as reader:
+        assert reader.last_sequence() == 0

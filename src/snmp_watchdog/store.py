@@ -704,18 +704,23 @@ def _migrate(db: sqlite3.Connection, db_path: Path) -> None:
         )
     if 0 < version < target:
         _backup(db, db_path, version)
-    while version < target:
-        with _fail_as_store_error(db_path, f"upgrading the schema to version {version + 1}"):
+    # A new database is made in one transaction, so that a reader (``watchdog status``
+    # during a first start) sees none of it or all of it; an upgrade goes one
+    # migration per transaction.
+    steps = [target] if version == 0 else list(range(version + 1, target + 1))
+    for upto in steps:
+        with _fail_as_store_error(db_path, f"upgrading the schema to version {upto}"):
             db.execute("BEGIN IMMEDIATE")
             try:
-                _MIGRATIONS[version](db)
-                db.execute(f"PRAGMA user_version = {version + 1}")
+                for migration in _MIGRATIONS[version:upto]:
+                    migration(db)
+                db.execute(f"PRAGMA user_version = {upto}")
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        version += 1
+        version = upto
     # Prove now, not at the first state change, that we can write.
     with _fail_as_store_error(db_path, "cannot write the state database"):
         db.execute("BEGIN IMMEDIATE")
