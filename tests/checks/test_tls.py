@@ -583,3 +583,42 @@ def test_certificate_verdict(
 ) -> None:
     cert = _cert(timedelta(days=not_before), timedelta(days=not_after))
     assert certificate_verdict(cert, NOW, warning * DAY) == (reason, detail)
+
+
+def test_an_implicit_tls_check_ends_with_its_verdict_when_the_close_is_never_answered(
+    pki: Pki,
+) -> None:
+    """pop3s against a server that never answers the close_notify: the check returns
+    at once (its in-flight slot is free again), the close is bounded in the background."""
+    context = pki.valid.server_context()
+    release = threading.Event()
+
+    def serve(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as stream:
+            stream.sendall(b"+OK ready\r\n")
+            request = b""
+            while b"\r\n" not in request:
+                request += stream.recv(100)
+            stream.sendall(b"+OK bye\r\n")
+            release.wait(8)  # neither reads nor closes
+
+    async def main(port: int) -> tuple[CheckResult, float, set[asyncio.Task[Any]]]:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        result = await run(kind_service("pop3s", port, pki.ca_file, timeout=4.0))
+        took = loop.time() - began
+        await asyncio.sleep(_net.CLOSE_GRACE + 0.2)
+        return result, took, asyncio.all_tasks() - {asyncio.current_task()}
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(target=serve, args=(listener,))
+        thread.start()
+        try:
+            result, took, left = asyncio.run(main(listener.getsockname()[1]))
+        finally:
+            release.set()
+            thread.join(3)
+    assert result.ok, result
+    assert took < 2.0  # not the 4 s deadline
+    assert left == set()  # nothing of the check outlives CLOSE_GRACE

@@ -43,7 +43,9 @@ buffer, and offers the few waits the checks need. Its rules:
   how much had arrived, or for the verdict it had already reached.
 - **Closing.** Every connection is closed: aborted when the check fails or is
   cancelled, closed cleanly (FIN, TLS close_notify) when it succeeds. A clean
-  TLS close is awaited within the deadline, so no socket outlives its check.
+  TLS close finishes in the background once the verdict is known, for at most
+  ``_net.CLOSE_GRACE``, then the socket is aborted: a peer that never answers
+  the close_notify holds neither the verdict nor the check's in-flight slot.
 
 Nothing is recorded for a transcript unless one is passed: the hot path does
 not format, copy or time anything it does not need.
@@ -63,6 +65,7 @@ from snmp_watchdog.checks._format import printable, quote
 from snmp_watchdog.checks._net import (
     Address,
     client_context,
+    close_after_verdict,
     connected_socket,
     literal_family,
     resolve,
@@ -500,13 +503,14 @@ class Conversation(asyncio.BufferedProtocol):
         else:
             transport.abort()
 
-    async def wait_closed(self) -> None:
-        """Wait until the connection is gone (a clean TLS close waits for the peer)."""
-        if self.transport is None or self.lost:
+    def close_in_background(self) -> None:
+        """Let a clean (TLS) close finish without the caller: bounded, then aborted."""
+        transport = self.transport
+        if transport is None or self.lost:
             return
         self.awaiting = _CLOSING
         self.closed = self.loop.create_future()
-        await self.closed
+        close_after_verdict(transport, self.closed)
 
 
 def _wake_future(waiter: asyncio.Future[None]) -> None:
@@ -568,13 +572,7 @@ def conversation_check(body: Body) -> Checker:
             conversation.close(clean=clean)
         result = conversation.verdict or conversation.result(Reason.OK, detail)
         if service.tls:
-            conversation.verdict = result
-            try:
-                await conversation.wait_closed()
-            except asyncio.CancelledError as exc:
-                conversation.close(clean=False)
-                carry(exc, conversation)
-                raise
+            conversation.close_in_background()
         return result
 
     check.__name__ = check.__qualname__ = f"check_{body.__name__.lstrip('_')}"

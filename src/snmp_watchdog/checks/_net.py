@@ -209,8 +209,13 @@ _closing: set[asyncio.Task[None]] = set()
 
 def close_after_verdict(transport: asyncio.Transport, closed: Awaitable[None]) -> None:
     """Close ``transport`` cleanly in the background; abort it if ``closed`` (what
-    completes once the connection is gone) takes longer than :data:`CLOSE_GRACE`."""
-    transport.close()
+    completes once the connection is gone) takes longer than :data:`CLOSE_GRACE`.
+
+    A transport already closing is not closed again: asyncio's TLS transport
+    forgets its protocol on a second close(), and could then not be aborted.
+    """
+    if not transport.is_closing():
+        transport.close()
     task = asyncio.get_running_loop().create_task(_finish_close(transport, closed))
     _closing.add(task)
     task.add_done_callback(_closing.discard)
