@@ -35,10 +35,12 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from _plain import HELO, smtp_conversation
+
 HERE = Path(__file__).resolve()
 BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "10000"))  # N ports from here, then hung ones
 HANG_PORT_OFFSET = 10000  # hanging listeners sit at BASE_PORT + HANG_PORT_OFFSET + i
-HELO = b"bench.example"
+
 CONCURRENCY = 1000
 ROUNDS = 3
 
@@ -114,25 +116,8 @@ async def baseline_round(ports: list[int], limit: float) -> int:
         async with sem:
             try:
                 async with asyncio.timeout(limit):
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    try:
-                        line = await reader.readline()
-                        while line[3:4] == b"-":
-                            line = await reader.readline()
-                        if line[:3] != b"220":
-                            return
-                        writer.write(b"EHLO " + HELO + b"\r\n")
-                        line = await reader.readline()
-                        while line[3:4] == b"-":
-                            line = await reader.readline()
-                        if line[:3] != b"250":
-                            return
-                        writer.write(b"QUIT\r\n")
-                        await reader.readline()
+                    if await smtp_conversation("127.0.0.1", port):
                         ok += 1
-                    finally:
-                        writer.close()
-                        await writer.wait_closed()
             except (OSError, TimeoutError):
                 pass
 

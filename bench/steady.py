@@ -49,12 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from _plain import HELO, smtp_conversation
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 #: Service i listens on its own loopback address, all on this port: no range of ports
 #: to collide with, and every connection has its own address pair.
 PORT = int(os.environ.get("BENCH_PORT", "2525"))
-HELO = b"bench.example"
 
 
 def address(i: int) -> str:
@@ -141,33 +142,13 @@ async def plain(n: int, interval: float, limit: float) -> None:
     rng = random.Random()
     loop = asyncio.get_running_loop()
 
-    async def one(host: str) -> None:
-        reader, writer = await asyncio.open_connection(host, PORT)
-        try:
-            line = await reader.readline()
-            while line[3:4] == b"-":
-                line = await reader.readline()
-            if line[:3] != b"220":
-                return
-            writer.write(b"EHLO " + HELO + b"\r\n")
-            line = await reader.readline()
-            while line[3:4] == b"-":
-                line = await reader.readline()
-            if line[:3] != b"250":
-                return
-            writer.write(b"QUIT\r\n")
-            await reader.readline()
-        finally:
-            writer.close()
-            await writer.wait_closed()
-
     async def service(host: str) -> None:
         await asyncio.sleep(rng.uniform(0.0, JITTER * interval))
         while True:
             started = loop.time()
             try:
                 async with asyncio.timeout(limit):
-                    await one(host)
+                    await smtp_conversation(host, PORT)
             except (OSError, TimeoutError):
                 pass
             delay = interval * rng.uniform(1.0 - JITTER / 2, 1.0 + JITTER / 2)
