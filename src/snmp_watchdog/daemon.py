@@ -431,12 +431,13 @@ class Daemon:
         assert self.scheduler is not None
         now = time.monotonic()
         configured = {r.name for r in new.receivers}
+        was = {svc.name: svc for svc in old.services}
         wanted = {svc.name: svc for svc in new.services}
         events = []
         for name, st in self.scheduler.states().items():
             if st.notified is not state.State.DOWN:
                 continue
-            before = old.service(name)
+            before = was[name]
             after = wanted.get(name)
             kept = set(after.receivers) if after is not None else set()
             left = tuple(r for r in before.receivers if r not in kept and r in configured)
@@ -550,7 +551,8 @@ class Daemon:
 
         if not self._queue([e for _, _, events in changes for e in events], save=save):
             for svc, st, _ in changes:
-                self._dirty[svc.name] = st
+                # Saved at the next flush, unless a later result of the turn is there already.
+                self._dirty.setdefault(svc.name, st)
 
     def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
         """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
