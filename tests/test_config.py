@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from snmp_watchdog import _config_schema as schema
 from snmp_watchdog.config import (
     DEFAULT_CONFIG_PATH,
     default_config_path,
     format_problems,
     load_config,
+    schema,
 )
 from snmp_watchdog.exceptions import ConfigError, Problem
 from snmp_watchdog.model import MAX_READ, Agent, CheckKind, Config, Secret, Step

@@ -1,6 +1,6 @@
 """The configuration as the rest of the program sees it: frozen, typed, resolved.
 
-``config.py`` builds these from a YAML file (defaults merged, regexes compiled,
+``config`` builds these from a YAML file (defaults merged, regexes compiled,
 files read, secrets resolved); everything else consumes them and never looks at
 YAML. Equality is structural, so a reload can tell which services changed.
 """

@@ -34,7 +34,7 @@ from snmp_watchdog.model import parse_oid as model_parse_oid
 from snmp_watchdog.notify.mib import check_root
 from snmp_watchdog.pgurl import has_password, is_postgresql, redact
 
-#: Keys whose scalar values are taken as the text written (see ``_yaml.parse``).
+#: Keys whose scalar values are taken as the text written (see ``yaml.parse``).
 TEXT_KEYS = frozenset(
     (
         "name",

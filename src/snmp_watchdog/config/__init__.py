@@ -2,9 +2,9 @@
 
 Three passes, in the manner of blackbox_exporter's ``config.go``:
 
-1. YAML to plain data, remembering the line of every key (``_yaml``). A
+1. YAML to plain data, remembering the line of every key (``yaml``). A
    syntax error stops here; duplicate keys are problems.
-2. Shape (``_config_schema``): every section, receiver and service is checked
+2. Shape (``schema``): every section, receiver and service is checked
    by its pydantic model: unknown keys, types, ranges, host names. A receiver
    or service with a shape problem goes on to pass 3 without the values that
    have problems, so its other mistakes are found too; only a problem in a key
@@ -36,7 +36,7 @@ from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from snmp_watchdog._config_schema import (
+from snmp_watchdog.config.schema import (
     SCHEDULE_KEYS,
     SECTIONS,
     TEXT_KEYS,
@@ -52,8 +52,8 @@ from snmp_watchdog._config_schema import (
     kind_of,
     suggest,
 )
-from snmp_watchdog._yaml import Document, YamlSyntaxError, parse
-from snmp_watchdog._yaml import Path as KeyPath
+from snmp_watchdog.config.yaml import Document, YamlSyntaxError, parse
+from snmp_watchdog.config.yaml import Path as KeyPath
 from snmp_watchdog.exceptions import ConfigError, Problem
 from snmp_watchdog.model import (
     DEFAULT_PORTS,
