@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -982,3 +984,15 @@ agent:
 )
 def test_agent_listen_forms(written: str, host: str, port: int) -> None:
     assert schema.parse_listen(written) == (host, port)
+
+
+def test_loading_the_configuration_does_not_import_the_notification_side() -> None:
+    """``config`` checks ``oid_root`` and SNMP protocols by leaf modules, not by ``notify``
+    (which drags pysnmp in): a fresh interpreter that imports it has no ``notify`` module."""
+    code = (
+        "import sys, snmp_watchdog.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith('snmp_watchdog.notify')"
+        " or m.startswith('pysnmp')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

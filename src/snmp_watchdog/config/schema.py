@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from snmp_watchdog.model import DEFAULT_AGENT_PORT, CheckKind
 from snmp_watchdog.model import parse_oid as model_parse_oid
-from snmp_watchdog.notify.mib import check_root
+from snmp_watchdog.oid import check_root
 from snmp_watchdog.pgurl import has_password, is_postgresql, redact
 
 #: Keys whose scalar values are taken as the text written (see ``yaml.parse``).

@@ -30,6 +30,7 @@ from importlib import resources
 from typing import Final
 
 from snmp_watchdog import model
+from snmp_watchdog.oid import SMI_NODES, check_root, dotted
 from snmp_watchdog.reasons import Reason
 
 #: ``snmpTrapOID.0`` and ``sysUpTime.0`` (SNMPv2-MIB), the first two varbinds of every notification.
@@ -82,27 +83,6 @@ ENUMERATIONS: Final[Mapping[str, Mapping[str, int]]] = {
     "wdNotificationFlags": FLAG_VALUES,
 }
 
-_MAX_ARC = 2**32 - 1
-_INTERNET = (1, 3, 6, 1)
-
-#: The nodes SNMPv2-SMI defines at and below ``internet``. A root is placed
-#: under the longest of them that is a proper prefix, and may not be one of them.
-_SMI_NODES: Final[Mapping[tuple[int, ...], str]] = {
-    _INTERNET: "internet",
-    (1, 3, 6, 1, 1): "directory",
-    (1, 3, 6, 1, 2): "mgmt",
-    (1, 3, 6, 1, 2, 1): "mib-2",
-    (1, 3, 6, 1, 2, 1, 10): "transmission",
-    (1, 3, 6, 1, 3): "experimental",
-    (1, 3, 6, 1, 4): "private",
-    (1, 3, 6, 1, 4, 1): "enterprises",
-    (1, 3, 6, 1, 5): "security",
-    (1, 3, 6, 1, 6): "snmpV2",
-    (1, 3, 6, 1, 6, 1): "snmpDomains",
-    (1, 3, 6, 1, 6, 2): "snmpProxys",
-    (1, 3, 6, 1, 6, 3): "snmpModules",
-}
-
 #: Names NET-SNMP-MIB gives to arcs above the default root; reused so that the
 #: two modules agree when a manager loads both.
 _KNOWN_ARCS: Final[Mapping[tuple[int, ...], str]] = {
@@ -110,21 +90,6 @@ _KNOWN_ARCS: Final[Mapping[tuple[int, ...], str]] = {
     (1, 3, 6, 1, 4, 1, 8072, 9999): "netSnmpExperimental",
     (1, 3, 6, 1, 4, 1, 8072, 9999, 9999): "netSnmpPlaypen",
 }
-
-
-def check_root(root: tuple[int, ...]) -> None:
-    """Raise ``ValueError`` unless ``root`` can carry the MIB's tree.
-
-    A root lies strictly below ``internet`` (1.3.6.1), every arc fits in 32
-    bits, and it is not itself a node SNMPv2-SMI defines (``enterprises``).
-    """
-    if any(not 0 <= arc <= _MAX_ARC for arc in root):
-        raise ValueError("every arc of an OID must be a number from 0 to 4294967295")
-    if len(root) <= len(_INTERNET) or root[: len(_INTERNET)] != _INTERNET:
-        raise ValueError("the OID root must lie under internet (1.3.6.1), e.g. 1.3.6.1.4.1.<PEN>")
-    if root in _SMI_NODES:
-        name = _SMI_NODES[root]
-        raise ValueError(f"the OID root {_dotted(root)} is {name} itself; choose an arc below it")
 
 
 class Oids:
@@ -209,7 +174,7 @@ class Oids:
         return names
 
     def __repr__(self) -> str:
-        return f"Oids({_dotted(self.root)})"
+        return f"Oids({dotted(self.root)})"
 
 
 def mib_text(root: tuple[int, ...] | None = None) -> str:
@@ -223,7 +188,7 @@ def mib_text(root: tuple[int, ...] | None = None) -> str:
     text = _replace_once(text, f"    ::= {default_value}\n", f"    ::= {value}\n")
     imports = "\n        FROM SNMPv2-SMI"
     text = _replace_once(text, f"    enterprises{imports}", f"    {base}{imports}")
-    return _replace_once(text, _PLACEMENT, _MOVED.format(root=_dotted(tuple(root))))
+    return _replace_once(text, _PLACEMENT, _MOVED.format(root=dotted(tuple(root))))
 
 
 # The paragraph of the module's DESCRIPTION that says where the tree lies.
@@ -244,24 +209,20 @@ _MOVED = """\
 
 def _oid_value(root: tuple[int, ...]) -> tuple[str, str]:
     """The SNMPv2-SMI node ``root`` lies under, and the MODULE-IDENTITY's value at ``root``."""
-    base = max((node for node in _SMI_NODES if root[: len(node)] == node), key=len)
-    parts = [_SMI_NODES[base]]
+    base = max((node for node in SMI_NODES if root[: len(node)] == node), key=len)
+    parts = [SMI_NODES[base]]
     for depth in range(len(base) + 1, len(root)):
         prefix = root[:depth]
         name = _KNOWN_ARCS.get(prefix, f"wdRootArc{depth - len(base)}")
         parts.append(f"{name}({prefix[-1]})")
     parts.append(str(root[-1]))
-    return _SMI_NODES[base], "{ " + " ".join(parts) + " }"
+    return SMI_NODES[base], "{ " + " ".join(parts) + " }"
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
     if text.count(old) != 1:
         raise RuntimeError(f"{MIB_FILE} does not contain exactly one {old.strip()!r}")
     return text.replace(old, new)
-
-
-def _dotted(oid: tuple[int, ...]) -> str:
-    return ".".join(map(str, oid))
 
 
 def date_and_time(at_wall: float) -> bytes:
