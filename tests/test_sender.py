@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 
 import pytest
 from pyasn1.codec.ber import decoder as ber_decoder
+from pysnmp.entity import config as pysnmp_config
 from pysnmp.proto import rfc1902
 from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
-from snmp_watchdog import model
+from snmp_watchdog import model, snmp
 from snmp_watchdog.exceptions import WatchdogError
 from snmp_watchdog.notify import engine as identity
 from snmp_watchdog.notify.message import Message
@@ -1062,3 +1063,27 @@ def test_a_worker_that_dies_is_logged_and_started_again(
     messages = [r.getMessage() for r in caplog.records]
     assert "delivery to nms restarted" in messages
     assert any(m.startswith("test #1 to nms acknowledged in ") for m in messages)
+
+
+def test_the_protocol_table_names_pysnmp_s_protocols() -> None:
+    """Each name of ``snmp``'s tables is the pysnmp protocol of that name, and the weak
+    ones are exactly MD5 and DES (AES192/AES256 are Blumenthal's, the C forms Reeder's)."""
+    expected = {
+        "SHA": pysnmp_config.USM_AUTH_HMAC96_SHA,
+        "SHA224": pysnmp_config.USM_AUTH_HMAC128_SHA224,
+        "SHA256": pysnmp_config.USM_AUTH_HMAC192_SHA256,
+        "SHA384": pysnmp_config.USM_AUTH_HMAC256_SHA384,
+        "SHA512": pysnmp_config.USM_AUTH_HMAC384_SHA512,
+        "MD5": pysnmp_config.USM_AUTH_HMAC96_MD5,
+        "AES128": pysnmp_config.USM_PRIV_CFB128_AES,
+        "AES192": pysnmp_config.USM_PRIV_CFB192_AES_BLUMENTHAL,
+        "AES256": pysnmp_config.USM_PRIV_CFB256_AES_BLUMENTHAL,
+        "AES192C": pysnmp_config.USM_PRIV_CFB192_AES,
+        "AES256C": pysnmp_config.USM_PRIV_CFB256_AES,
+        "DES": pysnmp_config.USM_PRIV_CBC56_DES,
+    }
+    table = {**snmp.AUTH_PROTOCOLS, **snmp.PRIV_PROTOCOLS}
+    assert {name: protocol.oid for name, protocol in table.items()} == {
+        name: tuple(oid) for name, oid in expected.items()
+    }
+    assert {name for name, protocol in table.items() if protocol.weak} == {"MD5", "DES"}

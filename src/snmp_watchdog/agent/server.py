@@ -57,7 +57,8 @@ from snmp_watchdog.agent.table import (
     Value,
 )
 from snmp_watchdog.exceptions import WatchdogError
-from snmp_watchdog.notify.sender import AUTH_PROTOCOLS, PRIV_PROTOCOLS, new_engine
+from snmp_watchdog.notify.sender import new_engine
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS
 
 #: Most variables in one GETBULK response (pysnmp's own responder's limit too). Building
 #: the response PDU is most of an answer's cost and grows faster than its length
@@ -316,9 +317,9 @@ class AgentServer:
             config.add_v3_user(
                 engine,
                 user.user,
-                AUTH_PROTOCOLS[user.auth.protocol] if user.auth else config.USM_AUTH_NONE,
+                AUTH_PROTOCOLS[user.auth.protocol].oid if user.auth else config.USM_AUTH_NONE,
                 user.auth.key.reveal() if user.auth else None,
-                PRIV_PROTOCOLS[user.priv.protocol] if user.priv else config.USM_PRIV_NONE,
+                PRIV_PROTOCOLS[user.priv.protocol].oid if user.priv else config.USM_PRIV_NONE,
                 user.priv.key.reveal() if user.priv else None,
             )
             readers[(3, user.user)] = _LEVELS[level]

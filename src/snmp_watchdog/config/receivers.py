@@ -22,7 +22,6 @@ from typing import Any
 from snmp_watchdog.config.problems import Problems
 from snmp_watchdog.config.resources import Resources
 from snmp_watchdog.config.schema import (
-    WEAK_PROTOCOLS,
     AgentSection,
     AuthSection,
     PrivSection,
@@ -31,6 +30,7 @@ from snmp_watchdog.config.schema import (
 )
 from snmp_watchdog.config.yaml import Path as KeyPath
 from snmp_watchdog.model import Agent, AgentUser, Receiver, UsmKey
+from snmp_watchdog.snmp import is_weak
 
 #: The least length of an SNMPv3 passphrase (RFC 3414, section 11.2).
 MIN_KEY_LENGTH = 8
@@ -145,7 +145,7 @@ def usm_key(
     """An SNMPv3 authentication or privacy key, of a receiver or of an agent's user."""
     if section is None:
         return None
-    if section.protocol in WEAK_PROTOCOLS and not weak_ok:
+    if is_weak(section.protocol) and not weak_ok:
         problems.report(
             (*at, "protocol"),
             f"{section.protocol} is weak; it is refused unless watchdog.allow_weak_crypto is true",

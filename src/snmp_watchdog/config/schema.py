@@ -23,7 +23,7 @@ import encodings.idna
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, model_validator
@@ -33,6 +33,7 @@ from snmp_watchdog.model import DEFAULT_AGENT_PORT, CheckKind
 from snmp_watchdog.model import parse_oid as model_parse_oid
 from snmp_watchdog.oid import check_root
 from snmp_watchdog.pgurl import has_password, is_postgresql, redact
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS, UsmProtocol, find_protocol
 
 #: Keys whose scalar values are taken as the text written (see ``yaml.parse``).
 TEXT_KEYS = frozenset(
@@ -67,10 +68,6 @@ TEXT_KEYS = frozenset(
         "listen",
     )
 )
-
-AUTH_PROTOCOLS = ("SHA", "SHA224", "SHA256", "SHA384", "SHA512")
-PRIV_PROTOCOLS = ("AES128", "AES192", "AES256", "AES192C", "AES256C")
-WEAK_PROTOCOLS = frozenset(("MD5", "DES"))
 
 _SPACE_RE = re.compile(r"\s")
 _HOST_RE = re.compile(r"[^\s/\[\]@]{1,255}")
@@ -439,34 +436,27 @@ def parse_check(value: Any) -> CheckKind:
     raise fail(f"expected one of {', '.join(_KINDS)}, got {describe(value)}{extra}")
 
 
-def _protocol_key(value: Any) -> str:
-    if isinstance(value, str):
-        return re.sub(r"[\s_-]", "", value).upper()
-    return ""
+def _protocol(table: Mapping[str, UsmProtocol], value: Any) -> str:
+    """The name of the protocol ``value`` names in ``table``."""
+    found = find_protocol(table, value) if isinstance(value, str) else None
+    if found is not None:
+        return found.name
+    strong = [protocol.name for protocol in table.values() if not protocol.weak]
+    weak = [protocol.name for protocol in table.values() if protocol.weak]
+    raise fail(
+        f"expected {one_of(strong)} ({one_of(weak)} only with allow_weak_crypto), "
+        f"got {describe(value)}"
+    )
 
 
 def parse_auth_protocol(value: Any) -> str:
     """SHA (also SHA1, SHA-1), SHA224 ... SHA512 (also SHA-256 ...), MD5."""
-    key = _protocol_key(value)
-    key = "SHA" if key == "SHA1" else key
-    if key in AUTH_PROTOCOLS or key == "MD5":
-        return key
-    raise fail(
-        f"expected {one_of(AUTH_PROTOCOLS)} (MD5 only with allow_weak_crypto), "
-        f"got {describe(value)}"
-    )
+    return _protocol(AUTH_PROTOCOLS, value)
 
 
 def parse_priv_protocol(value: Any) -> str:
-    """AES128 (also AES, AES-128), AES192, AES256, DES."""
-    key = _protocol_key(value)
-    key = "AES128" if key == "AES" else key
-    if key in PRIV_PROTOCOLS or key == "DES":
-        return key
-    raise fail(
-        f"expected {one_of(PRIV_PROTOCOLS)} (DES only with allow_weak_crypto), "
-        f"got {describe(value)}"
-    )
+    """AES128 (also AES, AES-128), AES192, AES256, AES192C, AES256C, DES."""
+    return _protocol(PRIV_PROTOCOLS, value)
 
 
 def parse_engine_id(value: Any) -> bytes:

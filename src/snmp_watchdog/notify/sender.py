@@ -44,8 +44,9 @@ This is the only module that drives pysnmp. Rules:
   keys both work.
 * Keys are hashed once (RFC 3414 password to key, a few ms each) and cached;
   localizing them to an engine ID is cheap.
-* Protocols are always given explicitly (pysnmp's defaults are MD5 and DES).
-  MD5 and DES are refused unless ``allow_weak_crypto``.
+* Protocols are always given explicitly (pysnmp's defaults are MD5 and DES),
+  from the table of ``snmp_watchdog.snmp``; the weak ones (MD5 and DES) are
+  refused unless ``allow_weak_crypto``.
 * Host names are resolved off the caller's path: ``start()`` and
   ``reconfigure()`` start every receiver's lookup at once, in the background,
   and return; a send waits for its own receiver's lookup only (at most
@@ -99,32 +100,10 @@ from snmp_watchdog import model
 from snmp_watchdog.notify import engine as identity
 from snmp_watchdog.notify.message import Message
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, SYS_UPTIME
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS
 
 #: SNMP-COMMUNITY-MIB snmpTrapAddress.0: SNMPv1's agent-addr (RFC 3584 section 3.2).
 SNMP_TRAP_ADDRESS = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
-
-AUTH_PROTOCOLS: dict[str, tuple[int, ...]] = {
-    "SHA": config.USM_AUTH_HMAC96_SHA,
-    "SHA224": config.USM_AUTH_HMAC128_SHA224,
-    "SHA256": config.USM_AUTH_HMAC192_SHA256,
-    "SHA384": config.USM_AUTH_HMAC256_SHA384,
-    "SHA512": config.USM_AUTH_HMAC384_SHA512,
-    "MD5": config.USM_AUTH_HMAC96_MD5,
-}
-#: AES-192/256 extend the localized key in one of two ways, which agree for
-#: SHA-256 and longer digests and differ for SHA-1 and MD5 (measured against
-#: Net-SNMP 5.9.3): ``AES192``/``AES256`` follow draft-blumenthal-aes-usm-04
-#: like Net-SNMP's ``AES-192``/``AES-256``; ``AES192C``/``AES256C`` follow the
-#: Reeder 3DES draft like Cisco and Net-SNMP's ``AES192C``/``AES256C``.
-PRIV_PROTOCOLS: dict[str, tuple[int, ...]] = {
-    "AES128": config.USM_PRIV_CFB128_AES,
-    "AES192": config.USM_PRIV_CFB192_AES_BLUMENTHAL,
-    "AES256": config.USM_PRIV_CFB256_AES_BLUMENTHAL,
-    "AES192C": config.USM_PRIV_CFB192_AES,
-    "AES256C": config.USM_PRIV_CFB256_AES,
-    "DES": config.USM_PRIV_CBC56_DES,
-}
-WEAK_PROTOCOLS = frozenset({"MD5", "DES"})
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (errind.RequestTimedOut, "timeout"),
@@ -544,9 +523,10 @@ class Sender:
         for key, table in ((receiver.auth, AUTH_PROTOCOLS), (receiver.priv, PRIV_PROTOCOLS)):
             if key is None:
                 continue
-            if key.protocol not in table:
+            protocol = table.get(key.protocol)
+            if protocol is None:
                 raise ValueError(f"receiver {receiver.name}: unknown protocol {key.protocol}")
-            if key.protocol in WEAK_PROTOCOLS and not self._settings.allow_weak_crypto:
+            if protocol.weak and not self._settings.allow_weak_crypto:
                 raise ValueError(
                     f"receiver {receiver.name}: {key.protocol} needs allow_weak_crypto: true"
                 )
@@ -735,8 +715,8 @@ class Sender:
 
     def _credentials(self, receiver: model.Receiver) -> _Credentials:
         assert receiver.user is not None
-        auth = AUTH_PROTOCOLS[receiver.auth.protocol] if receiver.auth else config.USM_AUTH_NONE
-        priv = PRIV_PROTOCOLS[receiver.priv.protocol] if receiver.priv else config.USM_PRIV_NONE
+        auth = AUTH_PROTOCOLS[receiver.auth.protocol].oid if receiver.auth else config.USM_AUTH_NONE
+        priv = PRIV_PROTOCOLS[receiver.priv.protocol].oid if receiver.priv else config.USM_PRIV_NONE
         auth_key = priv_key = None
         level = "noAuthNoPriv"
         if receiver.auth is not None:
