@@ -1087,3 +1087,18 @@ def test_the_protocol_table_names_pysnmp_s_protocols() -> None:
         name: tuple(oid) for name, oid in expected.items()
     }
     assert {name for name, protocol in table.items() if protocol.weak} == {"MD5", "DES"}
+    # Net-SNMP's names (createUser), as snmptrapd accepts them.
+    assert {name: protocol.netsnmp for name, protocol in table.items()} == {
+        "SHA": "SHA",
+        "SHA224": "SHA-224",
+        "SHA256": "SHA-256",
+        "SHA384": "SHA-384",
+        "SHA512": "SHA-512",
+        "MD5": "MD5",
+        "AES128": "AES",
+        "AES192": "AES-192",
+        "AES256": "AES-256",
+        "AES192C": "AES192C",
+        "AES256C": "AES256C",
+        "DES": "DES",
+    }

@@ -50,6 +50,7 @@ class UsmProtocol:
 
     name: str  # upper case, as the configuration and the model write it
     oid: tuple[int, ...]  # pysnmp's identifier of the protocol
+    netsnmp: str  # Net-SNMP's name for it (createUser in snmptrapd.conf)
     weak: bool = False
     aliases: tuple[str, ...] = ()  # other spellings, upper case without '-', '_' or spaces
 
@@ -63,22 +64,22 @@ def _table(*protocols: UsmProtocol) -> Mapping[str, UsmProtocol]:
 
 #: SNMP-USER-BASED-SM-MIB and SNMP-USM-HMAC-SHA2-MIB (RFC 7860).
 AUTH_PROTOCOLS: Mapping[str, UsmProtocol] = _table(
-    UsmProtocol("SHA", (1, 3, 6, 1, 6, 3, 10, 1, 1, 3), aliases=("SHA1",)),
-    UsmProtocol("SHA224", (1, 3, 6, 1, 6, 3, 10, 1, 1, 4)),
-    UsmProtocol("SHA256", (1, 3, 6, 1, 6, 3, 10, 1, 1, 5)),
-    UsmProtocol("SHA384", (1, 3, 6, 1, 6, 3, 10, 1, 1, 6)),
-    UsmProtocol("SHA512", (1, 3, 6, 1, 6, 3, 10, 1, 1, 7)),
-    UsmProtocol("MD5", (1, 3, 6, 1, 6, 3, 10, 1, 1, 2), weak=True),
+    UsmProtocol("SHA", (1, 3, 6, 1, 6, 3, 10, 1, 1, 3), "SHA", aliases=("SHA1",)),
+    UsmProtocol("SHA224", (1, 3, 6, 1, 6, 3, 10, 1, 1, 4), "SHA-224"),
+    UsmProtocol("SHA256", (1, 3, 6, 1, 6, 3, 10, 1, 1, 5), "SHA-256"),
+    UsmProtocol("SHA384", (1, 3, 6, 1, 6, 3, 10, 1, 1, 6), "SHA-384"),
+    UsmProtocol("SHA512", (1, 3, 6, 1, 6, 3, 10, 1, 1, 7), "SHA-512"),
+    UsmProtocol("MD5", (1, 3, 6, 1, 6, 3, 10, 1, 1, 2), "MD5", weak=True),
 )
 
 #: SNMP-USM-AES-MIB (RFC 3826) and the identifiers pysnmp gives the AES-192/256 variants.
 PRIV_PROTOCOLS: Mapping[str, UsmProtocol] = _table(
-    UsmProtocol("AES128", (1, 3, 6, 1, 6, 3, 10, 1, 2, 4), aliases=("AES",)),
-    UsmProtocol("AES192", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 1)),
-    UsmProtocol("AES256", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 2)),
-    UsmProtocol("AES192C", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 101)),
-    UsmProtocol("AES256C", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 102)),
-    UsmProtocol("DES", (1, 3, 6, 1, 6, 3, 10, 1, 2, 2), weak=True),
+    UsmProtocol("AES128", (1, 3, 6, 1, 6, 3, 10, 1, 2, 4), "AES", aliases=("AES",)),
+    UsmProtocol("AES192", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 1), "AES-192"),
+    UsmProtocol("AES256", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 2), "AES-256"),
+    UsmProtocol("AES192C", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 101), "AES192C"),
+    UsmProtocol("AES256C", (1, 3, 6, 1, 4, 1, 9, 12, 6, 1, 102), "AES256C"),
+    UsmProtocol("DES", (1, 3, 6, 1, 6, 3, 10, 1, 2, 2), "DES", weak=True),
 )
 
 

@@ -15,26 +15,9 @@ from typing import Any
 
 from snmp_watchdog import model
 from snmp_watchdog.notify.engine import format_engine_id, parse_engine_id, saved_engine_id
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.store import ENGINE_ID_IN_USE, Store
-
-#: Net-SNMP's names for our protocols (createUser's syntax).
-_NETSNMP_AUTH = {
-    "MD5": "MD5",
-    "SHA": "SHA",
-    "SHA224": "SHA-224",
-    "SHA256": "SHA-256",
-    "SHA384": "SHA-384",
-    "SHA512": "SHA-512",
-}
-_NETSNMP_PRIV = {
-    "DES": "DES",
-    "AES128": "AES",
-    "AES192": "AES-192",
-    "AES256": "AES-256",
-    "AES192C": "AES192C",
-    "AES256C": "AES256C",
-}
 
 
 def create_user_line(receiver: model.Receiver, engine_id: bytes | None) -> str | None:
@@ -46,9 +29,9 @@ def create_user_line(receiver: model.Receiver, engine_id: bytes | None) -> str |
         parts += ["-e", format_engine_id(engine_id) if engine_id else "ENGINE_ID"]
     parts.append(receiver.user)
     if receiver.auth is not None:
-        parts += [_NETSNMP_AUTH.get(receiver.auth.protocol, receiver.auth.protocol), "AUTH_KEY"]
+        parts += [AUTH_PROTOCOLS[receiver.auth.protocol].netsnmp, "AUTH_KEY"]
     if receiver.priv is not None:
-        parts += [_NETSNMP_PRIV.get(receiver.priv.protocol, receiver.priv.protocol), "PRIV_KEY"]
+        parts += [PRIV_PROTOCOLS[receiver.priv.protocol].netsnmp, "PRIV_KEY"]
     return " ".join(parts)
 
 
