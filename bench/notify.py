@@ -85,6 +85,7 @@ from snmp_watchdog.notify.notifier import Notifier, wall_time
 from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Sender
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.snmp import Mode, Version
 from snmp_watchdog.store import Store
 
 COMMUNITY = "public"
@@ -102,8 +103,8 @@ SEQUENCE_OID = (*OIDS.notification_sequence, 0)
 @dataclass(frozen=True, slots=True)
 class Kind:
     label: str
-    version: str  # "2c" | "3"
-    mode: str  # "trap" | "inform"
+    version: Version
+    mode: Mode
 
     @property
     def slug(self) -> str:
@@ -111,13 +112,13 @@ class Kind:
 
     @property
     def inform(self) -> bool:
-        return self.mode == "inform"
+        return self.mode == Mode.INFORM
 
 
 KINDS = (
-    Kind("v2c trap", "2c", "trap"),
-    Kind("v3 authPriv trap", "3", "trap"),
-    Kind("v3 authPriv inform", "3", "inform"),
+    Kind("v2c trap", Version.V2C, Mode.TRAP),
+    Kind("v3 authPriv trap", Version.V3, Mode.TRAP),
+    Kind("v3 authPriv inform", Version.V3, Mode.INFORM),
 )
 
 
@@ -219,7 +220,7 @@ def receiver(name: str, kind: Kind, port: int) -> model.Receiver:
         name=name,
         host="127.0.0.1",
         port=port,
-        version="3",
+        version=Version.V3,
         mode=kind.mode,
         user=USER,
         auth=model.UsmKey("SHA256", model.Secret(AUTH_KEY)),

@@ -28,7 +28,8 @@ from snmp_watchdog.config import (
     schema,
 )
 from snmp_watchdog.exceptions import ConfigError, Problem
-from snmp_watchdog.model import MAX_READ, Agent, CheckKind, Config, Secret, Step
+from snmp_watchdog.model import MAX_READ, Agent, CheckKind, Config, Receiver, Secret, Step
+from snmp_watchdog.snmp import Mode, Version
 
 FIXTURES = Path(__file__).parent / "config"
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
@@ -996,3 +997,31 @@ def test_loading_the_configuration_does_not_import_the_notification_side() -> No
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_receiver_version_and_mode_are_enums_and_say_whether_informs_are_sent(
+    tmp_path: Path,
+) -> None:
+    """Versions and modes load as ``snmp`` enums (equal to their text); SNMPv1 gets traps
+    even when inform is asked for, which the file may not say but the model can hold."""
+    path = write(
+        tmp_path / "w.yaml",
+        """\
+receivers:
+  - {name: a, host: 127.0.0.1, version: 2C, mode: INFORM, community: c}
+  - {name: b, host: 127.0.0.1, version: 1, community: c}
+  - {name: c, host: 127.0.0.1, version: 3, user: u, mode: trap}
+""",
+    )
+    a, b, c = load_config(path).receivers
+    assert (a.version, a.mode) == (Version.V2C, Mode.INFORM)
+    assert (b.version, b.mode) == (Version.V1, Mode.TRAP)
+    assert (c.version, c.mode) == (Version.V3, Mode.TRAP)
+    assert isinstance(a.version, Version)
+    assert isinstance(a.mode, Mode)
+    assert a.version == "2c"
+    assert f"v{a.version} {a.mode}" == "v2c inform"
+    assert [r.informs for r in (a, b, c)] == [True, False, False]
+    v1_inform = Receiver("d", "127.0.0.1", version=Version.V1, mode=Mode.INFORM)
+    v3_inform = Receiver("e", "127.0.0.1", version=Version.V3, mode=Mode.INFORM)
+    assert (v1_inform.informs, v3_inform.informs) == (False, True)

@@ -34,6 +34,7 @@ from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.snmp import Version
 from snmp_watchdog.store import Store
 from tests.helpers import Daemon, SmtpServer, free_tcp_port, pending_rows
 from tests.snmptrapd import Received, Snmptrapd
@@ -486,7 +487,7 @@ def test_snmpv3_traps_still_arrive_after_the_wall_clock_is_stepped_back(
     trapd = snmptrapd(communities=[], users=[user])
     assert trapd.port is not None
     receiver = model.Receiver(
-        name="nms", host="127.0.0.1", port=trapd.port, version="3", user="u",
+        name="nms", host="127.0.0.1", port=trapd.port, version=Version.V3, user="u",
         auth=model.UsmKey("SHA256", model.Secret("auth-key-1")),
         priv=model.UsmKey("AES128", model.Secret("priv-key-2")),
     )  # fmt: skip

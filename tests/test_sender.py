@@ -32,6 +32,7 @@ from snmp_watchdog.notify import engine as identity
 from snmp_watchdog.notify.message import Message
 from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Delivery, Sender
+from snmp_watchdog.snmp import Mode, Version
 from tests.helpers import free_udp_port
 from tests.snmptrapd import Received, Snmptrapd, User, Value
 
@@ -137,7 +138,7 @@ def v2c(trapd: Snmptrapd, name: str = "nms", **changes: Any) -> model.Receiver:
         name=name,
         host=trapd.host,
         port=trapd.port or 0,
-        version="2c",
+        version=Version.V2C,
         community=model.Secret("public"),
         timeout=1.0,
     )
@@ -156,7 +157,7 @@ def v3(
         name=name,
         host=trapd.host,
         port=trapd.port or 0,
-        version="3",
+        version=Version.V3,
         user=user,
         auth=model.UsmKey(auth, model.Secret(AUTH_KEY)) if auth else None,
         priv=model.UsmKey(priv, model.Secret(PRIV_KEY)) if priv else None,
@@ -234,7 +235,7 @@ def test_uptime_is_the_daemons_real_uptime(tmp_path: Path, snmptrapd: Trapd) -> 
 
 def test_v1_trap_follows_rfc_3584(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd()
-    receiver = v2c(trapd, version="1", mode="inform")  # SNMPv1 has no inform: a trap
+    receiver = v2c(trapd, version=Version.V1, mode=Mode.INFORM)  # SNMPv1 has no inform: a trap
 
     async def scenario() -> tuple[Delivery, list[Received]]:
         sender = await started(tmp_path, [receiver])
@@ -260,7 +261,7 @@ def test_v1_agent_address_and_source_are_the_configured_source(
     tmp_path: Path, snmptrapd: Trapd
 ) -> None:
     trapd = snmptrapd()
-    v1 = v2c(trapd, "v1", version="1", source="127.0.0.2")
+    v1 = v2c(trapd, "v1", version=Version.V1, source="127.0.0.2")
     v2 = v2c(trapd, "v2", source="127.0.0.2")
 
     async def scenario() -> list[Received]:
@@ -293,7 +294,7 @@ def test_a_source_address_that_is_not_local_fails_its_sends(tmp_path: Path) -> N
 
 def test_host_names_are_resolved(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd()
-    receiver = v2c(trapd, host="localhost", mode="inform")
+    receiver = v2c(trapd, host="localhost", mode=Mode.INFORM)
 
     scenario = functools.partial(send_once, tmp_path, receiver)
 
@@ -304,7 +305,7 @@ def test_v2c_inform_is_acknowledged_with_a_round_trip_time(
     tmp_path: Path, snmptrapd: Trapd
 ) -> None:
     trapd = snmptrapd()
-    receiver = v2c(trapd, mode="inform")
+    receiver = v2c(trapd, mode=Mode.INFORM)
 
     async def scenario() -> tuple[Delivery, list[Received]]:
         sender = await started(tmp_path, [receiver])
@@ -329,7 +330,7 @@ def test_v2c_inform_is_acknowledged_with_a_round_trip_time(
 
 def test_inform_with_a_wrong_community_times_out(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd()
-    receiver = v2c(trapd, mode="inform", community=model.Secret("wrong"), timeout=0.5)
+    receiver = v2c(trapd, mode=Mode.INFORM, community=model.Secret("wrong"), timeout=0.5)
 
     scenario = functools.partial(timed_send_once, tmp_path, receiver)
 
@@ -342,7 +343,7 @@ def test_inform_with_a_wrong_community_times_out(tmp_path: Path, snmptrapd: Trap
 def test_ipv6_receivers(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd(host="::1", users=[trapd_user("wd", "SHA256", "AES128", None)])
     trap = v2c(trapd, "trap", host="::1")
-    inform = v3(trapd, "wd", "SHA256", "AES128", name="inform", host="::1", mode="inform")
+    inform = v3(trapd, "wd", "SHA256", "AES128", name="inform", host="::1", mode=Mode.INFORM)
 
     async def scenario() -> list[Delivery]:
         sender = await started(tmp_path, [trap, inform])
@@ -375,7 +376,7 @@ def test_a_socket_error_fails_a_trap(tmp_path: Path) -> None:
 
 def test_closing_the_sender_ends_informs_in_flight(tmp_path: Path) -> None:
     receiver = model.Receiver(
-        "nobody", "127.0.0.1", free_udp_port(), mode="inform",
+        "nobody", "127.0.0.1", free_udp_port(), mode=Mode.INFORM,
         community=model.Secret("public"), timeout=5.0,
     )  # fmt: skip
 
@@ -396,7 +397,7 @@ def test_inform_to_a_port_where_nothing_listens_fails_within_its_timeout(
     tmp_path: Path,
 ) -> None:
     receiver = model.Receiver(
-        "nobody", "127.0.0.1", free_udp_port(), mode="inform",
+        "nobody", "127.0.0.1", free_udp_port(), mode=Mode.INFORM,
         community=model.Secret("public"), timeout=0.3,
     )  # fmt: skip
 
@@ -433,10 +434,10 @@ def _ids(value: tuple[str | None, str | None]) -> str:
     return f"{auth or 'noAuth'}-{priv or 'noPriv'}"
 
 
-@pytest.mark.parametrize("mode", ["trap", "inform"])
+@pytest.mark.parametrize("mode", [Mode.TRAP, Mode.INFORM])
 @pytest.mark.parametrize("security", SECURITY, ids=_ids)
 def test_v3_is_received_at_every_security_level(
-    tmp_path: Path, snmptrapd: Trapd, mode: str, security: tuple[str | None, str | None]
+    tmp_path: Path, snmptrapd: Trapd, mode: Mode, security: tuple[str | None, str | None]
 ) -> None:
     auth, priv = security
     engine_id = ENGINE_ID if mode == "trap" else None  # the sender is authoritative for traps
@@ -461,9 +462,9 @@ def test_v3_is_received_at_every_security_level(
     check_payload(got)
 
 
-@pytest.mark.parametrize("mode", ["trap", "inform"])
+@pytest.mark.parametrize("mode", [Mode.TRAP, Mode.INFORM])
 def test_md5_and_des_work_when_weak_crypto_is_allowed(
-    tmp_path: Path, snmptrapd: Trapd, mode: str
+    tmp_path: Path, snmptrapd: Trapd, mode: Mode
 ) -> None:
     engine_id = ENGINE_ID if mode == "trap" else None
     trapd = snmptrapd(communities=[], users=[trapd_user("old", "MD5", "DES", engine_id)])
@@ -484,7 +485,7 @@ def test_md5_and_des_work_when_weak_crypto_is_allowed(
 @pytest.mark.parametrize(("auth", "priv"), [("MD5", "AES128"), ("SHA", "DES")])
 def test_md5_and_des_are_refused_unless_allowed(tmp_path: Path, auth: str, priv: str) -> None:
     receiver = model.Receiver(
-        "old", "127.0.0.1", 162, version="3", user="old",
+        "old", "127.0.0.1", 162, version=Version.V3, user="old",
         auth=model.UsmKey(auth, model.Secret(AUTH_KEY)),
         priv=model.UsmKey(priv, model.Secret(PRIV_KEY)),
     )  # fmt: skip
@@ -515,7 +516,7 @@ def test_v3_inform_failures_say_why(
 ) -> None:
     user = dataclasses.replace(trapd_user("wd", "SHA256", "AES128", None), **wrong)
     trapd = snmptrapd(communities=[], users=[user])
-    receiver = v3(trapd, "wd", "SHA256", "AES128", mode="inform", timeout=0.5)
+    receiver = v3(trapd, "wd", "SHA256", "AES128", mode=Mode.INFORM, timeout=0.5)
 
     scenario = functools.partial(timed_send_once, tmp_path, receiver)
 
@@ -538,7 +539,7 @@ def test_two_receivers_with_one_user_name_and_different_keys(
     a = v3(trapd_a, "wd", "SHA", "AES128", name="a")
     b = v3(trapd_b, "wd", "SHA512", "AES128", name="b")
     b = dataclasses.replace(b, auth=model.UsmKey("SHA512", model.Secret("other-key-999")))
-    c = dataclasses.replace(b, name="c", port=trapd_c.port or 0, mode="inform")
+    c = dataclasses.replace(b, name="c", port=trapd_c.port or 0, mode=Mode.INFORM)
 
     async def scenario() -> list[Delivery]:
         sender = await started(tmp_path, [a, b, c])
@@ -562,9 +563,9 @@ def test_two_receivers_with_one_user_name_and_different_keys(
         ]
 
 
-@pytest.mark.parametrize("mode", ["trap", "inform"])
+@pytest.mark.parametrize("mode", [Mode.TRAP, Mode.INFORM])
 def test_two_receivers_on_one_port_get_one_copy_each_under_their_own_credentials(
-    tmp_path: Path, snmptrapd: Trapd, mode: str
+    tmp_path: Path, snmptrapd: Trapd, mode: Mode
 ) -> None:
     engine_id = ENGINE_ID if mode == "trap" else None
     trapd = snmptrapd(users=[trapd_user("wd", "SHA256", "AES128", engine_id)])
@@ -600,7 +601,7 @@ def test_a_trap_and_an_inform_receiver_with_one_community_on_one_port(
     """The inform's response matches its own request although both share the community."""
     trapd = snmptrapd()
     trap = v2c(trapd, "trap")
-    inform = v2c(trapd, "inform", mode="inform")
+    inform = v2c(trapd, "inform", mode=Mode.INFORM)
 
     async def scenario() -> tuple[Delivery, Delivery]:
         sender = await started(tmp_path, [trap, inform])
@@ -631,7 +632,7 @@ def test_a_shared_community_outlives_a_removed_receiver_and_follows_a_changed_on
 ) -> None:
     trapd = snmptrapd(communities=["public", "other"])
     trap = v2c(trapd, "trap")
-    inform = v2c(trapd, "inform", mode="inform")
+    inform = v2c(trapd, "inform", mode=Mode.INFORM)
     changed = dataclasses.replace(inform, community=model.Secret("other"))
 
     async def scenario() -> list[Delivery]:
@@ -711,7 +712,7 @@ def test_v3_messages_carry_our_engine_id_and_boots_and_nothing_goes_to_tmpdir(
             sink.bind(("127.0.0.1", 0))
             sink.setblocking(False)
             receiver = model.Receiver(
-                "raw", "127.0.0.1", sink.getsockname()[1], version="3", user="wd"
+                "raw", "127.0.0.1", sink.getsockname()[1], version=Version.V3, user="wd"
             )
             sender = await started(tmp_path, [receiver])
             try:
@@ -763,7 +764,7 @@ def test_a_damaged_engine_id_file_is_an_error_not_a_new_identity(tmp_path: Path)
 def test_reconfigure_applies_new_credentials(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd(communities=["public", "newer"])
     before = v2c(trapd)
-    after = dataclasses.replace(before, community=model.Secret("newer"), mode="inform")
+    after = dataclasses.replace(before, community=model.Secret("newer"), mode=Mode.INFORM)
 
     async def scenario() -> list[Delivery]:
         sender = await started(tmp_path, [before])
@@ -801,9 +802,9 @@ def dispatcher(sender: Sender, receivers: list[model.Receiver]) -> Dispatcher:
 
 def test_a_dead_receiver_does_not_delay_a_live_one(tmp_path: Path, snmptrapd: Trapd) -> None:
     trapd = snmptrapd()
-    live = v2c(trapd, "live", mode="inform")
+    live = v2c(trapd, "live", mode=Mode.INFORM)
     dead = model.Receiver(
-        "dead", "127.0.0.1", free_udp_port(), mode="inform",
+        "dead", "127.0.0.1", free_udp_port(), mode=Mode.INFORM,
         community=model.Secret("public"), timeout=1.0,
     )  # fmt: skip
 
@@ -832,7 +833,7 @@ def test_an_inform_is_retried_until_a_late_receiver_acknowledges_it(
     tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
 ) -> None:
     trapd = snmptrapd(start=False, port=free_udp_port())
-    receiver = v2c(trapd, mode="inform", timeout=0.2)
+    receiver = v2c(trapd, mode=Mode.INFORM, timeout=0.2)
 
     async def scenario() -> int:
         sender = await started(tmp_path, [receiver])
@@ -866,7 +867,7 @@ def test_an_inform_is_given_up_after_give_up_after(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver = model.Receiver(
-        "dead", "127.0.0.1", free_udp_port(), mode="inform",
+        "dead", "127.0.0.1", free_udp_port(), mode=Mode.INFORM,
         community=model.Secret("public"), timeout=0.1, give_up_after=0.5,
     )  # fmt: skip
 
@@ -924,7 +925,7 @@ def test_a_receiver_removed_by_a_reload_loses_its_queue(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = model.Receiver(
-        "dead", "127.0.0.1", free_udp_port(), mode="inform",
+        "dead", "127.0.0.1", free_udp_port(), mode=Mode.INFORM,
         community=model.Secret("public"), timeout=0.5,
     )  # fmt: skip
 
@@ -1029,7 +1030,7 @@ def test_a_worker_that_dies_is_logged_and_started_again(
     tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
 ) -> None:
     trapd = snmptrapd()
-    receiver = v2c(trapd, mode="inform")
+    receiver = v2c(trapd, mode=Mode.INFORM)
 
     async def scenario() -> tuple[int, int]:
         # Not started yet: the worker's first send raises RuntimeError and kills it.

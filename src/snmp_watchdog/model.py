@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from snmp_watchdog.snmp import Mode, Version
+
 #: The provisional OID root (netSnmpPlaypen) until the project has its own
 #: IANA enterprise number; ``oid_root`` in the config moves the whole tree.
 DEFAULT_OID_ROOT: tuple[int, ...] = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999)
@@ -136,8 +138,8 @@ class Receiver:
     name: str
     host: str
     port: int = 162
-    version: str = "2c"  # "1" | "2c" | "3"
-    mode: str = "trap"  # "trap" | "inform"
+    version: Version = Version.V2C
+    mode: Mode = Mode.TRAP
     community: Secret | None = None  # v1/v2c
     user: str | None = None  # v3
     auth: UsmKey | None = None
@@ -145,6 +147,14 @@ class Receiver:
     source: str | None = None  # local address to send from
     timeout: float = 2.0  # per inform attempt
     give_up_after: float = 86400.0
+
+    @property
+    def informs(self) -> bool:
+        """Whether this receiver gets informs (acknowledged) rather than traps.
+
+        SNMPv1 has no informs: an SNMPv1 receiver gets traps whatever its mode.
+        """
+        return self.mode == Mode.INFORM and self.version != Version.V1
 
 
 #: Where the read-only agent listens unless ``agent.listen`` says otherwise.

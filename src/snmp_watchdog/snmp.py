@@ -8,8 +8,8 @@ Rules:
 
 - A version or mode is a ``str`` enum: it compares equal to its text
   (``Version.V2C == "2c"``) and shows as it (``f"v{version}"`` is ``v2c``).
-- SNMPv1 has no informs: a receiver sends informs only when its mode is
-  inform and its version is not 1 (``sends_informs``).
+- SNMPv1 has no informs: a receiver gets informs only when its mode is
+  inform and its version is not 1 (``model.Receiver.informs``).
 - A USM protocol is known by its upper-case name; the table gives the other
   spellings it accepts, the OID that identifies it to pysnmp and whether it is
   weak. Weak protocols (MD5, DES) are refused unless ``allow_weak_crypto``.
@@ -37,11 +37,6 @@ class Version(StrEnum):
 class Mode(StrEnum):
     TRAP = "trap"
     INFORM = "inform"
-
-
-def sends_informs(version: str, mode: str) -> bool:
-    """Whether a receiver of this version and mode gets informs (SNMPv1 has none)."""
-    return mode == Mode.INFORM and version != Version.V1
 
 
 @dataclass(frozen=True, slots=True)

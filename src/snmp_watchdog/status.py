@@ -15,17 +15,17 @@ from typing import Any
 
 from snmp_watchdog import model
 from snmp_watchdog.notify.engine import format_engine_id, parse_engine_id, saved_engine_id
-from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS, Version
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.store import ENGINE_ID_IN_USE, Store
 
 
 def create_user_line(receiver: model.Receiver, engine_id: bytes | None) -> str | None:
     """The snmptrapd.conf line a v3 receiver needs, with key placeholders."""
-    if receiver.version != "3" or receiver.user is None:
+    if receiver.version != Version.V3 or receiver.user is None:
         return None
     parts = ["createUser"]
-    if receiver.mode == "trap":  # we are authoritative for traps, the receiver for informs
+    if not receiver.informs:  # we are authoritative for traps, the receiver for informs
         parts += ["-e", format_engine_id(engine_id) if engine_id else "ENGINE_ID"]
     parts.append(receiver.user)
     if receiver.auth is not None:

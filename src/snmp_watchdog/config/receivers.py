@@ -30,7 +30,7 @@ from snmp_watchdog.config.schema import (
 )
 from snmp_watchdog.config.yaml import Path as KeyPath
 from snmp_watchdog.model import Agent, AgentUser, Receiver, UsmKey
-from snmp_watchdog.snmp import is_weak
+from snmp_watchdog.snmp import Mode, Version, is_weak
 
 #: The least length of an SNMPv3 passphrase (RFC 3414, section 11.2).
 MIN_KEY_LENGTH = 8
@@ -103,15 +103,15 @@ def _receiver(
     written = r.model_fields_set
     # A key with a shape problem was written: it is not missing.
     given = written | bad
-    version = r.version or "2c"
+    version = r.version or Version.V2C
     values: dict[str, Any] = {"name": r.name, "host": r.host, "version": version}
     for key in ("port", "mode", "user", "source", "timeout", "give_up_after"):
         value = getattr(r, key)
         if value is not None:
             values[key] = value
-    if version == "1" and r.mode == "inform":
+    if version is Version.V1 and r.mode is Mode.INFORM:
         report((*at, "mode"), "SNMPv1 has no informs; use version 2c or 3 for inform")
-    if version in ("1", "2c"):
+    if version is not Version.V3:
         for key in ("user", "auth", "priv"):
             if key in written:
                 report((*at, key), f"applies only to version 3, not {version}")
@@ -184,7 +184,9 @@ def load_agent(
     values["community"] = resources.secret(
         at, "community", section.community, section.community_file, minimum=1
     )
-    trap_users = {r.user: r for r in receivers if r.version == "3" and r.mode == "trap" and r.user}
+    trap_users = {
+        r.user: r for r in receivers if r.version is Version.V3 and not r.informs and r.user
+    }
     users = []
     first: dict[str, int] = {}
     for index, item in enumerate(section.users or ()):

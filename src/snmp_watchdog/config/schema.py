@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, model_validator
 from pydantic_core import PydanticCustomError
 
+from snmp_watchdog import snmp
 from snmp_watchdog.model import DEFAULT_AGENT_PORT, CheckKind
 from snmp_watchdog.model import parse_oid as model_parse_oid
 from snmp_watchdog.oid import check_root
@@ -410,19 +411,23 @@ def parse_listen(value: Any) -> tuple[str, int]:
     return str(address), port
 
 
-def parse_version(value: Any) -> str:
+_VERSIONS = tuple(version.value for version in snmp.Version)
+_MODES = tuple(mode.value for mode in snmp.Mode)
+
+
+def parse_version(value: Any) -> snmp.Version:
     """``1``, ``2c`` or ``3``; YAML reads the first and last as integers."""
     if isinstance(value, int | str) and not isinstance(value, bool):
         text = str(value).strip().lower()
-        if text in ("1", "2c", "3"):
-            return text
-    raise fail(f"expected 1, 2c or 3, got {describe(value)}")
+        if text in _VERSIONS:
+            return snmp.Version(text)
+    raise fail(f"expected {one_of(_VERSIONS)}, got {describe(value)}")
 
 
-def parse_mode(value: Any) -> str:
-    if isinstance(value, str) and value.lower() in ("trap", "inform"):
-        return value.lower()
-    raise fail(f"expected trap or inform, got {describe(value)}")
+def parse_mode(value: Any) -> snmp.Mode:
+    if isinstance(value, str) and value.lower() in _MODES:
+        return snmp.Mode(value.lower())
+    raise fail(f"expected {one_of(_MODES)}, got {describe(value)}")
 
 
 _KINDS = tuple(kind.value for kind in CheckKind)
@@ -534,8 +539,8 @@ PathText = Annotated[str | None, PlainValidator(parse_path)]
 SecretText = Annotated[str | None, PlainValidator(parse_secret)]
 StoreUrl = Annotated[str | None, PlainValidator(parse_store)]
 IpAddress = Annotated[str | None, PlainValidator(parse_ip)]
-Version = Annotated[str | None, PlainValidator(parse_version)]
-Mode = Annotated[str | None, PlainValidator(parse_mode)]
+Version = Annotated[snmp.Version | None, PlainValidator(parse_version)]
+Mode = Annotated[snmp.Mode | None, PlainValidator(parse_mode)]
 Check = Annotated[CheckKind | None, PlainValidator(parse_check)]
 AuthProtocol = Annotated[str, PlainValidator(parse_auth_protocol)]
 PrivProtocol = Annotated[str, PlainValidator(parse_priv_protocol)]

@@ -285,7 +285,7 @@ class Dispatcher:
         while True:
             item = await queue.head()
             receiver = self._receivers[name]
-            if receiver.mode == "inform" and receiver.version != "1":
+            if receiver.informs:
                 await self._inform(item)
             else:
                 await self._trap(item)

@@ -100,7 +100,7 @@ from snmp_watchdog import model
 from snmp_watchdog.notify import engine as identity
 from snmp_watchdog.notify.message import Message
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, SYS_UPTIME
-from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS
+from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS, Version
 
 #: SNMP-COMMUNITY-MIB snmpTrapAddress.0: SNMPv1's agent-addr (RFC 3584 section 3.2).
 SNMP_TRAP_ADDRESS = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
@@ -382,7 +382,7 @@ class Sender:
             if target is None or target.receiver != receiver:
                 reason = self._broken.get(receiver.name, "not configured")
                 return Delivery(receiver.name, False, False, None, reason, unsent=True)
-        if receiver.mode == "inform" and receiver.version != "1":
+        if receiver.informs:
             delivery = await self._inform(target, message)
         else:
             delivery = self._trap(target, message)
@@ -492,7 +492,7 @@ class Sender:
             (SYS_UPTIME, rfc1902.TimeTicks(self.uptime_ticks())),
             (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(message.notification)),
         ]
-        if target.receiver.version == "1":
+        if target.receiver.version == Version.V1:
             varbinds.append((SNMP_TRAP_ADDRESS, rfc1902.IpAddress(target.agent_address)))
             varbinds.extend(
                 (oid, value)
@@ -508,14 +508,12 @@ class Sender:
 
     def _check(self, receiver: model.Receiver) -> None:
         """Raise ValueError for what configuration loading should have refused."""
-        if receiver.version in ("1", "2c"):
+        if receiver.version != Version.V3:
             if receiver.community is None:
                 raise ValueError(
                     f"receiver {receiver.name}: SNMPv{receiver.version} needs a community"
                 )
             return
-        if receiver.version != "3":
-            raise ValueError(f"receiver {receiver.name}: unknown SNMP version {receiver.version!r}")
         if not receiver.user:
             raise ValueError(f"receiver {receiver.name}: SNMPv3 needs a user")
         if receiver.priv is not None and receiver.auth is None:
@@ -615,7 +613,7 @@ class Sender:
             return
         name = f"wd{next(self._numbers)}"
         credentials = community = None
-        if receiver.version == "3":
+        if receiver.version == Version.V3:
             credentials = self._credentials(receiver)
             config.add_target_parameters(self._engine, name, credentials.user, credentials.level, 3)
         else:
@@ -626,7 +624,7 @@ class Sender:
                 name,
                 self._community_entry(community),
                 "noAuthNoPriv",
-                0 if receiver.version == "1" else 1,
+                0 if receiver.version == Version.V1 else 1,
             )
         # pysnmp's own timeout only cleans up after ours (``_request``) has expired.
         config.add_target_address(

@@ -20,6 +20,7 @@ from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.sender import Delivery, Sender
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.snmp import Mode
 
 TEST_SEQUENCE = 0
 
@@ -33,7 +34,7 @@ class Outcome:
     def ok(self) -> bool:
         """Delivered: every trap left, every inform was acknowledged."""
         return all(
-            d.error is None and (d.acknowledged or self.receiver.mode == "trap")
+            d.error is None and (d.acknowledged or not self.receiver.informs)
             for d in self.deliveries
         )
 
@@ -82,14 +83,14 @@ async def send_tests(
     inform: bool = False,
 ) -> list[Outcome]:
     if inform:
-        receivers = [replace(r, mode="inform") for r in receivers]
+        receivers = [replace(r, mode=Mode.INFORM) for r in receivers]
     sender = Sender(config.settings, receivers, started=time.monotonic(), count_boot=False)
     await sender.start()
     try:
         batch = messages(config, service, index)
 
         async def one(receiver: model.Receiver) -> Outcome:
-            if receiver.mode == "inform" and receiver.version == "1":
+            if receiver.mode == Mode.INFORM and not receiver.informs:  # SNMPv1
                 return Outcome(
                     receiver,
                     (Delivery(receiver.name, False, False, None, "SNMPv1 has no informs"),),
