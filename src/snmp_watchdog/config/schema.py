@@ -224,12 +224,21 @@ def parse_bool(value: Any) -> bool:
     raise fail(f"expected true or false, got {describe(value)}")
 
 
-def parse_name(value: Any) -> str:
-    if isinstance(value, str) and _NAME_RE.fullmatch(value):
+def _text(
+    value: Any,
+    expected: str,
+    fits: Callable[[str], object] | None = None,
+    *,
+    show: Callable[[Any], str] = describe,
+) -> str:
+    """``value`` if it is text that ``fits``; else "expected EXPECTED, got ..."."""
+    if isinstance(value, str) and (fits is None or fits(value)):
         return value
-    raise fail(
-        f"expected a name of 1 to 64 letters, digits, '.', '_' or '-', got {describe(value)}"
-    )
+    raise fail(f"expected {expected}, got {show(value)}")
+
+
+def parse_name(value: Any) -> str:
+    return _text(value, "a name of 1 to 64 letters, digits, '.', '_' or '-'", _NAME_RE.fullmatch)
 
 
 def parse_host(value: Any) -> str:
@@ -312,35 +321,30 @@ def _ace_label(label: str) -> bytes:
 
 def parse_user(value: Any) -> str:
     """An SNMPv3 user name (RFC 3414: 1 to 32 octets)."""
-    if isinstance(value, str) and 1 <= len(value.encode()) <= 32:
-        return value
-    raise fail(f"expected a user name of 1 to 32 characters, got {describe(value)}")
+    return _text(
+        value, "a user name of 1 to 32 characters", lambda text: 1 <= len(text.encode()) <= 32
+    )
 
 
 def parse_word(value: Any) -> str:
     """Text without white space (a user name, a HELO name, a TLS server name)."""
-    if isinstance(value, str) and value and not _has_space(value):
-        return value
-    raise fail(f"expected text without spaces, got {describe(value)}")
+    return _text(value, "text without spaces", lambda text: text and not _has_space(text))
 
 
 def parse_line(value: Any) -> str:
     """One line to send; CRLF is added when it is sent."""
-    if not isinstance(value, str):
-        raise fail(f"expected one line of text, got {describe(value)}")
-    if "\n" in value or "\r" in value:
+    text = _text(value, "one line of text")
+    if "\n" in text or "\r" in text:
         raise fail(
             "expected one line (CRLF is added when sending); "
             "use several send steps in a dialogue, or send_file"
         )
-    return value
+    return text
 
 
 def parse_regex(value: Any) -> str:
     """A regular expression's text; the loader compiles it."""
-    if isinstance(value, str):
-        return value
-    raise fail(f"expected a regular expression, got {describe(value)}")
+    return _text(value, "a regular expression")
 
 
 def parse_regexes(value: Any) -> tuple[str, ...]:
@@ -352,33 +356,28 @@ def parse_regexes(value: Any) -> tuple[str, ...]:
 
 
 def parse_path(value: Any) -> str:
-    if isinstance(value, str) and value.strip():
-        return value
-    raise fail(f"expected a file or directory path, got {describe(value)}")
+    return _text(value, "a file or directory path", str.strip)
 
 
 def parse_store(value: Any) -> str:
     """A ``postgresql://`` URL without a password; shown only with any password hidden."""
-    if not isinstance(value, str):
-        raise fail(f"expected a postgresql:// URL, got {kind_of(value)}")
-    if not is_postgresql(value):
+    url = _text(value, "a postgresql:// URL", show=kind_of)
+    if not is_postgresql(url):
         raise fail(
             f"expected a postgresql:// URL (or no store: the SQLite database in state_dir), "
-            f"got {describe(redact(value))}"
+            f"got {describe(redact(url))}"
         )
-    if has_password(value):
+    if has_password(url):
         raise fail(
             "a password in the URL would show wherever the URL does; give it as "
             "store_password: ${VARIABLE} or in store_password_file"
         )
-    return value
+    return url
 
 
 def parse_secret(value: Any) -> str:
     """Inline secret text or ``${VAR}``; never shown in an error."""
-    if isinstance(value, str):
-        return value
-    raise fail(f"expected text, got {kind_of(value)}")
+    return _text(value, "text", show=kind_of)
 
 
 def parse_ip(value: Any) -> str:
@@ -498,9 +497,11 @@ def parse_http_status(value: Any) -> tuple[int, ...]:
 
 
 def parse_http_path(value: Any) -> str:
-    if isinstance(value, str) and value.startswith("/") and not _has_space(value):
-        return value
-    raise fail(f"expected a path starting with '/', got {describe(value)}")
+    return _text(
+        value,
+        "a path starting with '/'",
+        lambda text: text.startswith("/") and not _has_space(text),
+    )
 
 
 def _has_space(text: str) -> bool:
