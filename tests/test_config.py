@@ -7,6 +7,7 @@ its directory ``DIR``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import subprocess
@@ -27,8 +28,18 @@ from snmp_watchdog.config import (
     load_config,
     schema,
 )
+from snmp_watchdog.config.services import OPTIONS
 from snmp_watchdog.exceptions import ConfigError, Problem
-from snmp_watchdog.model import MAX_READ, Agent, CheckKind, Config, Receiver, Secret, Step
+from snmp_watchdog.model import (
+    MAX_READ,
+    Agent,
+    CheckKind,
+    Config,
+    Receiver,
+    Secret,
+    Service,
+    Step,
+)
 from snmp_watchdog.snmp import Mode, Version
 
 FIXTURES = Path(__file__).parent / "config"
@@ -1025,3 +1036,17 @@ receivers:
     v1_inform = Receiver("d", "127.0.0.1", version=Version.V1, mode=Mode.INFORM)
     v3_inform = Receiver("e", "127.0.0.1", version=Version.V3, mode=Mode.INFORM)
     assert (v1_inform.informs, v3_inform.informs) == (False, True)
+
+
+def test_every_per_check_option_is_a_service_key_and_fills_a_service_field() -> None:
+    """The table of per-check options names keys a service may write and fields of Service."""
+    fields = {f.name for f in dataclasses.fields(Service)}
+    assert set(OPTIONS) <= set(schema.ServiceSection.model_fields)
+    assert {o.target for o in OPTIONS.values() if o.target is not None} <= fields
+    assert OPTIONS["tls"].problem(CheckKind.HTTPS, uses_tls=True) == (
+        "check: https always uses TLS; remove tls"
+    )
+    assert OPTIONS["body"].problem(CheckKind.SMTP, uses_tls=False) == (
+        "applies only to check: http or https, not smtp"
+    )
+    assert OPTIONS["ca_file"].problem(CheckKind.SMTP, uses_tls=True) is None

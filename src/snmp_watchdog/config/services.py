@@ -42,7 +42,7 @@ class Option:
     kinds: frozenset[CheckKind] | None
     #: What is said for another kind; ``{kind}`` is that kind.
     message: str
-    #: The field of ``Service`` that takes the value as written (None: resolved below).
+    #: The field of ``Service`` that takes the value as written (None: ``_service`` resolves it).
     target: str | None = None
     #: What is said instead for particular kinds.
     otherwise: Mapping[CheckKind, str] = field(default_factory=dict)
