@@ -1103,3 +1103,45 @@ def test_the_protocol_table_names_pysnmp_s_protocols() -> None:
         "AES256C": "AES256C",
         "DES": "DES",
     }
+
+
+def test_a_notification_that_keeps_killing_delivery_is_given_up_at_its_deadline(
+    tmp_path: Path, snmptrapd: Trapd, caplog: pytest.LogCaptureFixture
+) -> None:
+    trapd = snmptrapd()
+    receiver = v2c(trapd, give_up_after=0.5)
+    o = (*ROOT, 1)
+    # A value that is not an SNMP type: no encoding of it can ever succeed.
+    poison = Message(NOTIFICATION, (((*o, 1, 0), object()),), "test", 1, None)
+
+    async def scenario() -> int:
+        sender = await started(tmp_path, [receiver])
+        outbox = Dispatcher(
+            sender, [receiver], log=logging.getLogger("snmp_watchdog.test"), restart_delay=0.1
+        )
+        try:
+            outbox.submit(poison, ["nms"])
+            outbox.submit(message(2), ["nms"])
+            await outbox.drain(10)
+            return outbox.pending()
+        finally:
+            await outbox.close()
+            await sender.close()
+
+    with caplog.at_level(logging.INFO, logger="snmp_watchdog.test"):
+        left = run(scenario())
+    assert left == 0
+    (got,) = trapd.wait_for(1)
+    check_payload(got, sequence=2)  # the one behind it was delivered
+    messages = [r.getMessage() for r in caplog.records]
+    died = [m for m in messages if m.startswith("delivery to nms stopped by an internal error")]
+    # 0.1 s, then 0.2, 0.4, ... until the poison is older than its 0.5 s.
+    assert died[:3] == [
+        "delivery to nms stopped by an internal error; 2 notification(s) wait, "
+        f"restarting it in {d:.0f} s"
+        for d in (0.1, 0.2, 0.4)
+    ]
+    (gave_up,) = [m for m in messages if "given up" in m]
+    assert gave_up.startswith(f"test #1 to nms given up after {len(died)} attempt(s) in ")
+    assert "delivery stopped by an internal error: " in gave_up
+    assert died[-1].endswith("1 notification(s) wait, restarting it in 0 s")

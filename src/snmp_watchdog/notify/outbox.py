@@ -164,6 +164,9 @@ class Dispatcher:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._restart_delay = restart_delay
         self._restarts: dict[str, asyncio.TimerHandle] = {}
+        # What each worker is delivering, and how often in a row it died on it.
+        self._sending: dict[str, Pending] = {}
+        self._crashes: dict[str, int] = {}
         self._closed = False
         self._progress = asyncio.Event()  # set whenever a queue shrinks
 
@@ -227,6 +230,8 @@ class Dispatcher:
             if worker is not None:
                 worker.cancel()
                 await asyncio.gather(worker, return_exceptions=True)
+            self._sending.pop(name, None)
+            self._crashes.pop(name, None)
             dropped = self._queues.pop(name).clear()
             if dropped:
                 self._log.warning(
@@ -260,19 +265,36 @@ class Dispatcher:
     def _worker_done(self, name: str, worker: asyncio.Task[None]) -> None:
         if worker.cancelled() or worker.exception() is None:
             return
+        error = worker.exception()
+        item = self._sending.pop(name, None)
+        crashes = self._crashes[name] = self._crashes.get(name, 0) + 1
+        # Each death in a row on the same notification doubles the pause, and one
+        # older than ``give_up_after`` is given up: a notification that always
+        # makes delivery fail cannot hold its receiver's queue for ever.
+        delay = min(self._restart_delay * 2 ** (crashes - 1), self._backoff[1])
+        queue = self._queues.get(name)
+        receiver = self._receivers.get(name)
+        if (
+            item is not None
+            and queue is not None
+            and receiver is not None
+            and self._clock() >= item.submitted + receiver.give_up_after
+        ):
+            self._give_up(item, crashes, f"delivery stopped by an internal error: {error!r}")
+            queue.remove(item)
+            self._crashes.pop(name, None)
+            delay = 0.0
         self._log.error(
             "delivery to %s stopped by an internal error; %d notification(s) wait, "
             "restarting it in %.0f s",
             name,
-            len(self._queues[name]) if name in self._queues else 0,
-            self._restart_delay,
-            exc_info=worker.exception(),
+            len(queue) if queue is not None else 0,
+            delay,
+            exc_info=error,
         )
         if self._closed or self._workers.get(name) is not worker:
             return
-        self._restarts[name] = asyncio.get_running_loop().call_later(
-            self._restart_delay, self._restart, name
-        )
+        self._restarts[name] = asyncio.get_running_loop().call_later(delay, self._restart, name)
 
     def _restart(self, name: str) -> None:
         self._restarts.pop(name, None)
@@ -284,12 +306,15 @@ class Dispatcher:
         queue = self._queues[name]
         while True:
             item = await queue.head()
+            self._sending[name] = item
             receiver = self._receivers[name]
             if receiver.informs:
                 await self._inform(item)
             else:
                 await self._trap(item)
             queue.remove(item)
+            del self._sending[name]
+            self._crashes.pop(name, None)
             self._progress.set()
             # A trap send and the queue's bookkeeping never suspend: without this,
             # a burst of traps would hold the event loop (and every check) until
