@@ -194,7 +194,7 @@ def messages(kind: Kind, count: int) -> list[Message]:
         svc = service(kind, i, "-")
         out.append(
             builder.service_event(
-                kind=n.kind.value,
+                kind=n.kind,
                 service=svc,
                 index=i + 1,
                 state=n.state.value,

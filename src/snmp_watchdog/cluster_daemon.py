@@ -480,7 +480,7 @@ class ClusterDaemon:
 
     def _message(self, svc: model.Service, note: state.Notification, sequence: int) -> Message:
         return self.builder.service_event(
-            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
+            kind=note.kind,
             service=svc,
             index=self.indexes[svc.name],
             state=note.state.value,

@@ -89,7 +89,7 @@ class Notifier:
         ``last_sequence`` back and call again with ``durable=False``.
         """
         message = self._builder.service_event(
-            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
+            kind=note.kind,
             service=svc,
             index=index,
             state=note.state.value,
