@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from snmp_watchdog import store as store_module
-from snmp_watchdog.exceptions import WatchdogError
+from snmp_watchdog.exceptions import StoreError, StoreNotReady, WatchdogError
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
-from snmp_watchdog.store import APPLICATION_ID, Pending, Store, StoreError, StoreNotReady
+from snmp_watchdog.store import APPLICATION_ID, Pending, Store
 from tests.store_backends import Backend, Blocking, PgBackend, SqliteBackend
 
 # Clock pairs read "together". Every value and difference is exact in binary,
