@@ -55,7 +55,7 @@ FLUSH_EVERY = 1.0
 IDLE_PASS = 1.0
 
 
-def describe(svc: Service, note: state.Notification) -> str:
+def event_log_line(svc: Service, note: state.Notification) -> str:
     """The log line of one notification-worthy event."""
     where = f"{svc.name} ({svc.host}:{svc.port} {svc.check.value})"
     why = f"{note.reason.code}: {note.detail}" if note.detail else note.reason.code
@@ -507,7 +507,7 @@ class Daemon:
         if notes:
             for note in notes:
                 level = logging.WARNING if note.state is state.State.DOWN else logging.INFO
-                log.log(level, describe(svc, note))
+                log.log(level, event_log_line(svc, note))
             self._persist_and_notify(svc, st, notes)
         else:
             self._dirty[svc.name] = st

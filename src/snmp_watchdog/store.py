@@ -17,7 +17,8 @@ Rules:
   returned (or a ``transaction()`` that has ended) survives a crash or a power
   cut. Every method is its own transaction unless called inside
   ``transaction()``, which groups writes into one commit (one fsync): the
-  scheduler should wrap each tick in it.
+  daemon saves the changes of one turn of its event loop, with their
+  notifications, in one, and the other results once a second in another.
 * Nothing is ever reset silently. A file that is not a database, a database
   that fails ``PRAGMA quick_check``, one written by a newer version, one that
   belongs to another program, an unreadable file or a directory the daemon
@@ -50,9 +51,9 @@ file, and the expensive part, the fsync of a commit, is paid once per
 ``transaction()``. Measured on a virtio ext4 disk: a write in its own commit
 0.3 ms (0.04 ms with ``synchronous=NORMAL``); 5000 ``save_state`` in one
 transaction 60 ms (12 us each); ``pending(limit=100)`` 0.2 ms; loading 5000
-states 50 ms; ``open`` with ``quick_check`` of that database 2-6 ms. So the
-scheduler should wrap each tick's writes in one ``transaction()``; a slow disk then
-delays a tick by one fsync, not one per service.
+states 50 ms; ``open`` with ``quick_check`` of that database 2-6 ms. Grouped
+as above, a slow disk delays a burst of changes by one fsync, not one per
+service.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ _FRESH_START = (
 
 
 @dataclass(frozen=True, slots=True)
-class Pending:
+class OutboxRow:
     """One inform not yet acknowledged by its receiver."""
 
     id: int  # grows with every enqueue: FIFO order
@@ -427,7 +428,7 @@ class Store:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]:
+    def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]:
         """Up to ``limit`` informs for ``receiver`` with id above ``after``, oldest first."""
         rows = self._read(_SELECT_OUTBOX, (receiver, after, limit))
         return [decode_outbox(row) for row in rows]
@@ -589,9 +590,9 @@ def decode_state(row: Named, *, mono_now: float, wall_now: float) -> ServiceStat
     )
 
 
-def decode_outbox(row: Named) -> Pending:
+def decode_outbox(row: Named) -> OutboxRow:
     """The notification in a row of table ``outbox`` (``_OUTBOX_COLUMNS``)."""
-    return Pending(
+    return OutboxRow(
         id=int(row["id"]),
         receiver=str(row["receiver"]),
         payload=bytes(row["payload"]),

@@ -39,7 +39,7 @@ from snmp_watchdog.pgurl import redact, scrub
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.store import (
     _FRESH_START,
-    Pending,
+    OutboxRow,
     decode_outbox,
     decode_state,
     encode_state,
@@ -397,7 +397,7 @@ class PgStore:
         )
         return int(rows[0][0])
 
-    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]:
+    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]:
         """Up to ``limit`` notifications for ``receiver`` with id above ``after``, oldest first."""
         rows = await self._read_named(
             "SELECT id, receiver, payload, created, sequence, attempts, last_error FROM outbox "

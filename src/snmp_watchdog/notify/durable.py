@@ -46,8 +46,7 @@ from snmp_watchdog.clocks import to_mono, to_wall
 from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.notify.message import Message, decode, encode
 from snmp_watchdog.notify.outbox import Pending
-from snmp_watchdog.store import Pending as Row
-from snmp_watchdog.store import Store
+from snmp_watchdog.store import OutboxRow, Store
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -75,7 +74,7 @@ class StoreQueue:
         self._wall = wall
         self._items: collections.deque[Pending] = collections.deque()  # the stored head, decoded
         # Loaded from the store, not decoded yet: (row, when it was submitted).
-        self._rows: collections.deque[tuple[Row, float]] = collections.deque()
+        self._rows: collections.deque[tuple[OutboxRow, float]] = collections.deque()
         self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
         self._last_loaded = 0  # highest row id loaded so far
         # (first row id, wall - monotonic offset) for the rows from that id on; a new
