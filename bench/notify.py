@@ -78,10 +78,11 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from _sink import Counter, Trapd, V3User, varbind
 from snmp_watchdog import model, state
 from snmp_watchdog.cli import setup_logging
+from snmp_watchdog.clocks import wall_time
 from snmp_watchdog.daemon import Daemon, settle_memory
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, Oids
-from snmp_watchdog.notify.notifier import Notifier, wall_time
+from snmp_watchdog.notify.notifier import Notifier
 from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Sender
 from snmp_watchdog.reasons import Reason
@@ -195,7 +196,7 @@ def messages(kind: Kind, count: int) -> list[Message]:
         svc = service(kind, i, "-")
         out.append(
             builder.service_event(
-                kind=n.kind.value,
+                kind=n.kind,
                 service=svc,
                 index=i + 1,
                 state=n.state.value,

@@ -202,7 +202,8 @@ def pending_rows(state_dir: Path) -> dict[str, int] | None:
 
     None while the daemon has not created its database yet.
     """
-    from snmp_watchdog.store import Store, StoreNotReady  # noqa: PLC0415
+    from snmp_watchdog.exceptions import StoreNotReady  # noqa: PLC0415
+    from snmp_watchdog.store import Store  # noqa: PLC0415
 
     if not (state_dir / "state.db").exists():
         return None
@@ -218,7 +219,8 @@ def stored_states(state_dir: Path) -> dict[str, Any]:
 
     Empty while the daemon has not created its database yet.
     """
-    from snmp_watchdog.store import Store, StoreNotReady  # noqa: PLC0415
+    from snmp_watchdog.exceptions import StoreNotReady  # noqa: PLC0415
+    from snmp_watchdog.store import Store  # noqa: PLC0415
 
     if not (state_dir / "state.db").exists():
         return {}

@@ -17,6 +17,7 @@ from snmp_watchdog.daemon import Daemon
 from snmp_watchdog.notify.notifier import Notifier
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
+from snmp_watchdog.scheduler import policy_for
 from snmp_watchdog.store import Store
 from tests.helpers import run_bounded
 from tests.snmptrapd import Snmptrapd
@@ -68,7 +69,7 @@ def test_changes_of_one_loop_turn_are_saved_in_one_commit_before_they_are_sent(
             store._db.set_trace_callback(statements.append)  # SQLite's own trace
             try:
                 for svc in config.services:
-                    policy = state.Policy.from_service(svc)
+                    policy = policy_for(svc)
                     st, notes = state.step(state.ServiceState(), failed, policy, time.monotonic())
                     assert [n.kind for n in notes] == [state.Kind.DOWN]
                     daemon._persist_and_notify(svc, st, notes)

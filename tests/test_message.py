@@ -11,6 +11,7 @@ from snmp_watchdog import __version__, model
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import MAX32, Oids, date_and_time, display_text
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.state import Kind
 
 ROOT = (1, 3, 6, 1, 4, 1, 99999)
 MAIL = model.Service(name="mail", host="mx.example.net", port=25, check=model.CheckKind.SMTP)
@@ -20,7 +21,7 @@ CHANGED_AT = datetime(2026, 11, 25, 15, 20, 5, 730000, tzinfo=UTC).timestamp()
 def event(builder: MessageBuilder, **changes: object) -> Message:
     """A Down of MAIL, with ``changes`` to the keyword arguments."""
     args: dict[str, object] = {
-        "kind": "down",
+        "kind": Kind.DOWN,
         "service": MAIL,
         "index": 7,
         "state": "down",
@@ -76,21 +77,22 @@ def test_down_carries_the_service_columns_then_sequence_and_flags(builder: Messa
 
 def test_up_pairs_with_down_variable_for_variable(builder: MessageBuilder) -> None:
     down = event(builder)
-    up = event(builder, kind="up", state="up", previous="down", reason=Reason.OK, detail="")
+    up = event(builder, kind=Kind.UP, state="up", previous="down", reason=Reason.OK, detail="")
     assert up.notification == (*ROOT, 0, 2)
     assert [oid for oid, _ in up.varbinds] == [oid for oid, _ in down.varbinds]
     assert values(up)[(*ROOT, 1, 2, 1, 8, 7)] == (Integer32, 0)  # ok
 
 
 @pytest.mark.parametrize(
-    ("kind", "arc"), [("down", 1), ("up", 2), ("flapping", 3), ("flapping_ended", 4)]
+    ("kind", "arc"),
+    [(Kind.DOWN, 1), (Kind.UP, 2), (Kind.FLAPPING, 3), (Kind.FLAPPING_ENDED, 4)],
 )
 def test_each_service_kind_has_its_notification(
-    builder: MessageBuilder, kind: str, arc: int
+    builder: MessageBuilder, kind: Kind, arc: int
 ) -> None:
     msg = event(builder, kind=kind)
     assert msg.notification == (*ROOT, 0, arc)
-    assert msg.kind == kind
+    assert msg.kind == kind.value
 
 
 @pytest.mark.parametrize(
@@ -122,8 +124,6 @@ def test_the_index_instances_every_column(builder: MessageBuilder) -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"kind": "heartbeat"},
-        {"kind": "test"},
         {"state": "flapping"},
         {"previous": "UP"},
         {"flags": "late"},
@@ -223,7 +223,7 @@ def test_encode_decode_round_trip_keeps_every_oid_type_and_value() -> None:
     builder = MessageBuilder(Oids())
     svc = model.Service(name="mail", host="mail.example", port=25, check=model.CheckKind.SMTP)
     msg = builder.service_event(
-        kind="down",
+        kind=Kind.DOWN,
         service=svc,
         index=3,
         state="down",

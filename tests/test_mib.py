@@ -21,7 +21,7 @@ from snmp_watchdog.notify import mib
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import ENUMERATIONS, Oids, mib_text
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.state import State
+from snmp_watchdog.state import Kind, State
 
 REPO = Path(__file__).resolve().parents[1]
 MIB_PATH = REPO / "mibs" / mib.MIB_FILE
@@ -125,7 +125,7 @@ def test_messages_carry_the_mib_objects_clause_in_order() -> None:
     builder = MessageBuilder(oids)
     service = model.Service(name="mail", host="mx", port=25, check=model.CheckKind.SMTP)
 
-    def event(kind: str) -> Message:
+    def event(kind: Kind) -> Message:
         return builder.service_event(
             kind=kind,
             service=service,
@@ -141,10 +141,10 @@ def test_messages_carry_the_mib_objects_clause_in_order() -> None:
         )
 
     messages = {
-        "wdServiceDown": event("down"),
-        "wdServiceUp": event("up"),
-        "wdServiceFlapping": event("flapping"),
-        "wdServiceFlappingEnded": event("flapping_ended"),
+        "wdServiceDown": event(Kind.DOWN),
+        "wdServiceUp": event(Kind.UP),
+        "wdServiceFlapping": event(Kind.FLAPPING),
+        "wdServiceFlappingEnded": event(Kind.FLAPPING_ENDED),
         "wdHeartbeat": builder.heartbeat(sequence=1, up=1, down=0, unknown=0, uptime=1.0),
         "wdTestNotification": builder.test(sequence=1, text="hello"),
     }

@@ -20,7 +20,7 @@ from snmp_watchdog import state
 from snmp_watchdog.model import CheckKind, Service
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
-from snmp_watchdog.scheduler import Scheduler
+from snmp_watchdog.scheduler import Scheduler, policy_for
 
 OK = CheckResult(Reason.OK, "", 0.001)
 FAIL = CheckResult(Reason.REFUSED, "connection refused", 0.001)
@@ -303,3 +303,20 @@ def test_the_dispatcher_sleeps_until_a_check_is_due_on_uvloop() -> None:
     checks = uvloop.run(main())
     assert checks > 100
     assert reads / checks < 8, (reads, checks)
+
+
+def test_policy_for_takes_the_state_machine_settings_of_the_service() -> None:
+    svc = Service(
+        name="mail",
+        host="127.0.0.1",
+        port=25,
+        check=CheckKind.SMTP,
+        fall=5,
+        rise=4,
+        flap_changes=6,
+        flap_window=600.0,
+        remind_every=3600.0,
+    )
+    assert policy_for(svc) == state.Policy(
+        fall=5, rise=4, flap_changes=6, flap_window=600.0, remind_every=3600.0
+    )

@@ -9,16 +9,18 @@ notification reports.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import itertools
 import random
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
-from snmp_watchdog import model
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.state import (
@@ -522,23 +524,6 @@ def test_zero_window_is_fine_without_flap_detection() -> None:
     assert replace(P, flap_changes=0, flap_window=0.0).flap_window == 0.0
 
 
-def test_policy_from_service() -> None:
-    svc = model.Service(
-        name="mail",
-        host="127.0.0.1",
-        port=25,
-        check=model.CheckKind.SMTP,
-        fall=5,
-        rise=4,
-        flap_changes=6,
-        flap_window=600.0,
-        remind_every=3600.0,
-    )
-    assert Policy.from_service(svc) == Policy(
-        fall=5, rise=4, flap_changes=6, flap_window=600.0, remind_every=3600.0
-    )
-
-
 def _simulate(seed: int, seen: Counter[tuple[Kind, bool]]) -> None:
     """Random check sequences under a random policy, checking the rules at every step."""
     rng = random.Random(seed)
@@ -635,3 +620,16 @@ def test_a_check_changes_only_what_it_counts() -> None:
     for f in dataclasses.fields(ServiceState):
         expected = counted.get(f.name, getattr(current, f.name))
         assert getattr(new, f.name) == expected, f.name
+
+
+def test_the_state_machine_needs_neither_the_config_nor_its_model() -> None:
+    code = (
+        "import sys, snmp_watchdog.state; "
+        "print(sorted(m for m in sys.modules if m.startswith('snmp_watchdog')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = ast.literal_eval(out)
+    assert "snmp_watchdog.model" not in loaded
+    assert "snmp_watchdog.config" not in loaded

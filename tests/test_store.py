@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from snmp_watchdog import store as store_module
-from snmp_watchdog.exceptions import WatchdogError
+from snmp_watchdog.exceptions import StoreError, StoreNotReady, WatchdogError
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
-from snmp_watchdog.store import APPLICATION_ID, Pending, Store, StoreError, StoreNotReady
+from snmp_watchdog.store import APPLICATION_ID, OutboxRow, Store
 from tests.store_backends import Backend, Blocking, PgBackend, SqliteBackend
 
 # Clock pairs read "together". Every value and difference is exact in binary,
@@ -299,9 +299,9 @@ def test_outbox_is_fifo_per_receiver_and_survives_restart(
     with backend.open() as again:
         assert again.pending_counts() == {"nnm": 3, "zbx": 2}
         assert again.pending("nnm", 10) == [
-            Pending(ids[0], "nnm", b"nnm-1", WALL + 1, 1, 0, ""),
-            Pending(ids[2], "nnm", b"nnm-3", WALL + 3, 3, 0, ""),
-            Pending(ids[3], "nnm", b"nnm-4", WALL + 4, 4, 0, ""),
+            OutboxRow(ids[0], "nnm", b"nnm-1", WALL + 1, 1, 0, ""),
+            OutboxRow(ids[2], "nnm", b"nnm-3", WALL + 3, 3, 0, ""),
+            OutboxRow(ids[3], "nnm", b"nnm-4", WALL + 4, 4, 0, ""),
         ]
         assert [p.payload for p in again.pending("zbx", 10)] == [b"zbx-2", b"zbx-5"]
         # Bounded batches, and paging past the ones in flight.

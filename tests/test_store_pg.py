@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from snmp_watchdog import store, store_pg
+from snmp_watchdog.exceptions import StoreError, StoreNotReady
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.storage import SqliteStateStore, StateStore
-from snmp_watchdog.store import StoreError, StoreNotReady
 from snmp_watchdog.store_pg import PgStore
 from tests.helpers import free_tcp_port, run_bounded
 from tests.postgres import PostgresServer

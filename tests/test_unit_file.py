@@ -11,8 +11,9 @@ file system is read-only but for its state and status directories
 (``ProtectSystem=strict``), with no capabilities at all and no way to gain any
 (``CapabilityBoundingSet=``, ``NoNewPrivileges=yes``), without writable and
 executable memory (``MemoryDenyWriteExecute=yes``, as the kernel's
-``PR_SET_MDWE``), with the unit's ``UMask=`` and ``TMPDIR``, and must work
-end to end.
+``PR_SET_MDWE``), with the unit's ``UMask=`` and without a writable ``/tmp``
+(the unit's is private and holds nothing of the daemon's), and must work end
+to end.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ def test_verify_would_catch_a_mistake(tmp_path: Path) -> None:
         assert analyze("verify", str(copy)).returncode != 0
 
 
+def test_its_documentation_is_the_readme_where_the_readme_installs_it() -> None:
+    (doc,) = unit_settings()["Documentation"]
+    path = doc.removeprefix("file:")
+    assert doc.startswith("file:/"), doc
+    readme = (UNIT.parents[2] / "README.md").read_text()
+    assert f"install -Dm644 README.md {path}" in readme
+
+
 def test_the_unit_is_a_hardened_notify_service() -> None:
     s = unit_settings()
     expected = {
@@ -115,7 +124,7 @@ _SANDBOX = """
 mount --bind "$1" "$1" && mount --bind "$2" "$2" && mount -o remount,bind,ro / || exit 97
 touch /sandbox-test 2>/dev/null && exit 98
 exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs \
-    env TMPDIR="$1" "$3" -c "$4" "$5"
+    env -u TMPDIR "$3" -c "$4" "$5"
 """
 # The last step, in Python: no W+X memory from here on (kept across exec), the unit's umask.
 _PRELUDE = """

@@ -44,9 +44,10 @@ import yaml
 from snmp_watchdog import __version__, model, state
 from snmp_watchdog.agent.table import StatusTable, Value, confirmed_from, service_row
 from snmp_watchdog.config import default_config_path
+from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.oid import check_root
-from snmp_watchdog.store import DB_NAME, LOCK_NAME, Store, StoreError
+from snmp_watchdog.store import DB_NAME, LOCK_NAME, Store
 
 #: Least time between two reads of the database.
 REFRESH = 1.0

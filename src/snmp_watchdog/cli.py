@@ -197,8 +197,9 @@ def cmd_mib(args: argparse.Namespace, config_path: Path) -> int:
 
 
 def cmd_test_trap(args: argparse.Namespace, config_path: Path) -> int:
+    from snmp_watchdog.exceptions import StoreError  # noqa: PLC0415
     from snmp_watchdog.notify.testtrap import send_tests  # noqa: PLC0415
-    from snmp_watchdog.store import Store, StoreError  # noqa: PLC0415
+    from snmp_watchdog.store import Store  # noqa: PLC0415
 
     config = load_config(config_path)
     receivers = list(config.receivers)

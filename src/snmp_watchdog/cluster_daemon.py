@@ -52,20 +52,19 @@ from collections.abc import Awaitable, Sequence
 
 from snmp_watchdog import __version__, model, state
 from snmp_watchdog.checks import run_check
+from snmp_watchdog.clocks import to_mono, wall_time
 from snmp_watchdog.cluster import Fenced, LeasePolicy
 from snmp_watchdog.config import load_config
-from snmp_watchdog.exceptions import ConfigError
+from snmp_watchdog.exceptions import ConfigError, StoreError
 from snmp_watchdog.membership import Member, Owned
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder, decode, encode
 from snmp_watchdog.notify.mib import Oids
-from snmp_watchdog.notify.notifier import wall_time
 from snmp_watchdog.notify.outbox import Dispatcher, Pending
 from snmp_watchdog.notify.sender import Delivery, Sender
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
 from snmp_watchdog.statusfiles import StatusFiles
-from snmp_watchdog.store import StoreError
 from snmp_watchdog.store_pg import PgStore
 
 log = logging.getLogger("snmp_watchdog")
@@ -135,7 +134,7 @@ class ClusterQueue:
         except StoreError as exc:
             log.debug("outbox of %s not readable now: %s", self._receiver, exc)
             return
-        offset = time.time() - time.monotonic()
+        mono, wall = time.monotonic(), time.time()
         for row in rows:
             self._last_loaded = row.id
             try:
@@ -144,7 +143,7 @@ class ClusterQueue:
                 log.error("stored notification %d is unreadable and dropped: %s", row.id, exc)
                 self._later(self._daemon.store.remove(row.id))
                 continue
-            submitted = min(row.created - offset, time.monotonic())
+            submitted = to_mono(row.created, mono_now=mono, wall_now=wall)
             self._items.append(Pending(self._receiver, message, submitted, row.id))
 
     async def delete(self, item: Pending) -> None:
@@ -480,7 +479,7 @@ class ClusterDaemon:
 
     def _message(self, svc: model.Service, note: state.Notification, sequence: int) -> Message:
         return self.builder.service_event(
-            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
+            kind=note.kind,
             service=svc,
             index=self.indexes[svc.name],
             state=note.state.value,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from snmp_watchdog import model
 from snmp_watchdog.cluster import Ownership
+from snmp_watchdog.exceptions import StoreNotReady
 from snmp_watchdog.state import ServiceState
-from snmp_watchdog.store import StoreNotReady
 from snmp_watchdog.store_pg import NodeLease, PgStore
 
 

@@ -31,7 +31,7 @@ from snmp_watchdog import __version__, state
 from snmp_watchdog.agent.runner import AgentRunner
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.config import load_config
-from snmp_watchdog.exceptions import ConfigError
+from snmp_watchdog.exceptions import ConfigError, StoreError
 from snmp_watchdog.model import Config, Service, Settings
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.notifier import Notifier
@@ -40,7 +40,7 @@ from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
 from snmp_watchdog.sdnotify import SystemdNotifier, keep_alive, watchdog_interval
 from snmp_watchdog.statusfiles import StatusFiles
-from snmp_watchdog.store import ENGINE_ID_IN_USE, Store, StoreError
+from snmp_watchdog.store import ENGINE_ID_IN_USE, Store
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -55,7 +55,7 @@ FLUSH_EVERY = 1.0
 IDLE_PASS = 1.0
 
 
-def describe(svc: Service, note: state.Notification) -> str:
+def event_log_line(svc: Service, note: state.Notification) -> str:
     """The log line of one notification-worthy event."""
     where = f"{svc.name} ({svc.host}:{svc.port} {svc.check.value})"
     why = f"{note.reason.code}: {note.detail}" if note.detail else note.reason.code
@@ -507,7 +507,7 @@ class Daemon:
         if notes:
             for note in notes:
                 level = logging.WARNING if note.state is state.State.DOWN else logging.INFO
-                log.log(level, describe(svc, note))
+                log.log(level, event_log_line(svc, note))
             self._persist_and_notify(svc, st, notes)
         else:
             self._dirty[svc.name] = st

@@ -31,6 +31,14 @@ class ConfigError(WatchdogError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class StoreError(WatchdogError):
+    """The state store cannot be used; the message says why and what to do."""
+
+
+class StoreNotReady(StoreError):
+    """A read-only open found the database before the daemon finished creating it."""
+
+
 class UsageError(WatchdogError):
     """A command was called with arguments that cannot work (exit code 2)."""
 

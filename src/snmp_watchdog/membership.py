@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from snmp_watchdog.cluster import Lease, LeasePolicy, Ownership
-from snmp_watchdog.store import StoreError
+from snmp_watchdog.exceptions import StoreError
 
 log = logging.getLogger("snmp_watchdog")
 

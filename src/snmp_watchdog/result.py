@@ -42,6 +42,19 @@ class CheckResult:
         return self.reason is Reason.OK
 
 
+class CheckFailed(Exception):
+    """The service answered, but not as it should: the check's reason and detail.
+
+    Raised inside a check (a conversation, an HTTP response) and turned into
+    its ``CheckResult`` by the check itself; it never leaves ``run_check``.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 def reason_for_error(exc: BaseException) -> tuple[Reason, str]:
     """Map a network exception to a reason and a short detail.
 

@@ -51,6 +51,17 @@ log = logging.getLogger("snmp_watchdog")
 MIN_SLEEP = 0.001
 
 
+def policy_for(service: Service) -> state.Policy:
+    """The state machine's settings of ``service``."""
+    return state.Policy(
+        fall=service.fall,
+        rise=service.rise,
+        flap_changes=service.flap_changes,
+        flap_window=service.flap_window,
+        remind_every=service.remind_every,
+    )
+
+
 @dataclass(slots=True)
 class Slot:
     """A service's place in the scheduler: its definition, policy and state."""
@@ -93,7 +104,7 @@ class Scheduler:
         self.checks_done = 0
         now = clock()
         for svc in services:
-            slot = Slot(svc, state.Policy.from_service(svc))
+            slot = Slot(svc, policy_for(svc))
             if initial and svc.name in initial:
                 slot.state = initial[svc.name]
             self._slots[svc.name] = slot
@@ -140,7 +151,7 @@ class Scheduler:
             old = self._slots.get(name)
             if old is not None and old.service == svc:
                 continue
-            slot = Slot(svc, state.Policy.from_service(svc))
+            slot = Slot(svc, policy_for(svc))
             if old is None:
                 added.append(name)
             else:

@@ -50,7 +50,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import NamedTuple
 
-from snmp_watchdog import model
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 
@@ -117,16 +116,6 @@ class Policy:
         for broken, rule in _POLICY_RULES:
             if broken(self):
                 raise StateMachineError(f"invalid policy: {rule}: {self!r}")
-
-    @classmethod
-    def from_service(cls, service: model.Service) -> Policy:
-        return cls(
-            fall=service.fall,
-            rise=service.rise,
-            flap_changes=service.flap_changes,
-            flap_window=service.flap_window,
-            remind_every=service.remind_every,
-        )
 
 
 _POLICY_RULES: tuple[tuple[Callable[[Policy], bool], str], ...] = (

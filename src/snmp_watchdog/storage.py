@@ -30,7 +30,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from snmp_watchdog.state import ServiceState
-from snmp_watchdog.store import Pending, Store
+from snmp_watchdog.store import OutboxRow, Store
 
 
 class StateStore(Protocol):
@@ -72,7 +72,7 @@ class StateStore(Protocol):
         self, receiver: str, payload: bytes, *, created: float, sequence: int
     ) -> int: ...
 
-    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]: ...
+    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]: ...
 
     async def count_pending(self, receiver: str, *, after: int = 0) -> int: ...
 
@@ -133,7 +133,7 @@ class SqliteStateStore:
     async def enqueue(self, receiver: str, payload: bytes, *, created: float, sequence: int) -> int:
         return self.sync.enqueue(receiver, payload, created=created, sequence=sequence)
 
-    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]:
+    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]:
         return self.sync.pending(receiver, limit, after=after)
 
     async def count_pending(self, receiver: str, *, after: int = 0) -> int:

@@ -17,7 +17,8 @@ Rules:
   returned (or a ``transaction()`` that has ended) survives a crash or a power
   cut. Every method is its own transaction unless called inside
   ``transaction()``, which groups writes into one commit (one fsync): the
-  scheduler should wrap each tick in it.
+  daemon saves the changes of one turn of its event loop, with their
+  notifications, in one, and the other results once a second in another.
 * Nothing is ever reset silently. A file that is not a database, a database
   that fails ``PRAGMA quick_check``, one written by a newer version, one that
   belongs to another program, an unreadable file or a directory the daemon
@@ -31,10 +32,13 @@ Rules:
 * Times are stored as wall-clock seconds (``time.time()``), because the
   monotonic clock restarts at boot. The state machine works on the monotonic
   clock, so ``save_state`` and ``load_states`` take the pair ``(mono_now,
-  wall_now)`` read together and move times between the frames; a loaded time
-  later than now (the wall clock stepped back while the daemon was stopped) is
-  clamped to now. Passing the same value for both returns wall-clock times
+  wall_now)`` read together and move times between the frames (``clocks.py``);
+  a loaded time later than now (the wall clock stepped back while the daemon
+  was stopped) is clamped to now. Passing the same value for both returns wall-clock times
   (what ``watchdog status`` shows). Durations (``last_elapsed``) are not moved.
+* Rows are read by column name (``sqlite3.Row``); ``encode_state``,
+  ``decode_state`` and ``decode_outbox`` turn them into values and back, for
+  the PostgreSQL store as well.
 * The outbox keeps payloads as opaque bytes (the sender serialises its
   message) in FIFO order per receiver (row ids only grow). ``pending`` loads a
   bounded batch, so memory stays bounded however long a receiver is down.
@@ -47,9 +51,9 @@ file, and the expensive part, the fsync of a commit, is paid once per
 ``transaction()``. Measured on a virtio ext4 disk: a write in its own commit
 0.3 ms (0.04 ms with ``synchronous=NORMAL``); 5000 ``save_state`` in one
 transaction 60 ms (12 us each); ``pending(limit=100)`` 0.2 ms; loading 5000
-states 50 ms; ``open`` with ``quick_check`` of that database 2-6 ms. So the
-scheduler should wrap each tick's writes in one ``transaction()``; a slow disk then
-delays a tick by one fsync, not one per service.
+states 50 ms; ``open`` with ``quick_check`` of that database 2-6 ms. Grouped
+as above, a slow disk delays a burst of changes by one fsync, not one per
+service.
 """
 
 from __future__ import annotations
@@ -61,12 +65,13 @@ import json
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from snmp_watchdog.exceptions import WatchdogError
+from snmp_watchdog.clocks import to_mono, to_wall
+from snmp_watchdog.exceptions import StoreError, StoreNotReady
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
 
@@ -83,16 +88,8 @@ _FRESH_START = (
 )
 
 
-class StoreError(WatchdogError):
-    """The state store cannot be used; the message says why and what to do."""
-
-
-class StoreNotReady(StoreError):
-    """A read-only open found the database before the daemon finished creating it."""
-
-
 @dataclass(frozen=True, slots=True)
-class Pending:
+class OutboxRow:
     """One inform not yet acknowledged by its receiver."""
 
     id: int  # grows with every enqueue: FIFO order
@@ -191,6 +188,9 @@ def _corrupt(db_path: Path, what: str) -> StoreError:
 
 
 # --- the store --------------------------------------------------------------
+
+#: The values of a statement's parameters: by position (``?``) or by name (``:name``).
+_Params = Sequence[Any] | Mapping[str, Any]
 
 
 class Store:
@@ -335,20 +335,20 @@ class Store:
         with _fail_as_store_error(self.path, "the state database failed"):
             yield
 
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: _Params = ()) -> sqlite3.Cursor:
         with self.transaction(), self._sql():
-            return self._db.execute(sql, tuple(params))
+            return self._db.execute(sql, params)
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    def _read(self, sql: str, params: _Params = ()) -> list[sqlite3.Row]:
         with self._sql():
-            return self._db.execute(sql, tuple(params)).fetchall()
+            return self._db.execute(sql, params).fetchall()
 
     # -- services --
 
     def load_states(self, *, mono_now: float, wall_now: float) -> dict[str, ServiceState]:
         """Every stored service state, times moved to the monotonic frame of ``mono_now``."""
         rows = self._read(_SELECT_STATES)
-        return {row[0]: self._row_state(row, mono_now, wall_now) for row in rows}
+        return {row["name"]: self._row_state(row, mono_now, wall_now) for row in rows}
 
     def save_state(self, name: str, st: ServiceState, *, mono_now: float, wall_now: float) -> None:
         """Insert or replace the state of service ``name``."""
@@ -368,24 +368,25 @@ class Store:
         with self.transaction(), self._sql():
             self._db.executemany("DELETE FROM service WHERE name = ?", ((n,) for n in names))
 
-    def _row_state(self, row: tuple[Any, ...], mono_now: float, wall_now: float) -> ServiceState:
+    def _row_state(self, row: sqlite3.Row, mono_now: float, wall_now: float) -> ServiceState:
         try:
             return decode_state(row, mono_now=mono_now, wall_now=wall_now)
         except (ValueError, TypeError) as exc:
             raise _corrupt(
-                self.path, f"the stored state of service {row[0]!r} is invalid ({exc})"
+                self.path, f"the stored state of service {row['name']!r} is invalid ({exc})"
             ) from exc
 
     def known_indexes(self) -> dict[str, int]:
         """Every service number allocated so far (works on a read-only store)."""
-        return {str(n): int(i) for n, i in self._read("SELECT name, idx FROM service_index")}
+        rows = self._read("SELECT name, idx FROM service_index")
+        return {str(row["name"]): int(row["idx"]) for row in rows}
 
     def service_indexes(self, names: Iterable[str]) -> dict[str, int]:
         """The stable number of each service, allocating one for a name never seen."""
         wanted = set(names)
         with self.transaction(), self._sql():
             rows = self._db.execute("SELECT name, idx FROM service_index").fetchall()
-            known = {str(name): int(idx) for name, idx in rows}
+            known = {str(row["name"]): int(row["idx"]) for row in rows}
             for name in sorted(wanted - known.keys()):
                 cur = self._db.execute("INSERT INTO service_index (name) VALUES (?)", (name,))
                 known[name] = int(cur.lastrowid or 0)
@@ -427,25 +428,10 @@ class Store:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]:
+    def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]:
         """Up to ``limit`` informs for ``receiver`` with id above ``after``, oldest first."""
-        rows = self._read(
-            "SELECT id, receiver, payload, created, sequence, attempts, last_error FROM outbox "
-            "WHERE receiver = ? AND id > ? ORDER BY id LIMIT ?",
-            (receiver, after, limit),
-        )
-        return [
-            Pending(
-                id=r[0],
-                receiver=r[1],
-                payload=bytes(r[2]),
-                created=r[3],
-                sequence=r[4],
-                attempts=r[5],
-                last_error=r[6],
-            )
-            for r in rows
-        ]
+        rows = self._read(_SELECT_OUTBOX, (receiver, after, limit))
+        return [decode_outbox(row) for row in rows]
 
     def count_pending(self, receiver: str, *, after: int = 0) -> int:
         """How many notifications for ``receiver`` with id above ``after`` wait."""
@@ -485,100 +471,135 @@ class Store:
 
     def pending_counts(self) -> dict[str, int]:
         """Receiver -> number of informs not yet acknowledged (receivers with none omitted)."""
-        rows = self._read("SELECT receiver, count(*) FROM outbox GROUP BY receiver")
-        return {r[0]: int(r[1]) for r in rows}
+        rows = self._read("SELECT receiver, count(*) AS n FROM outbox GROUP BY receiver")
+        return {row["receiver"]: int(row["n"]) for row in rows}
 
 
 #: ``meta`` key: the engine ID the running (or last) daemon uses, as ``0x...``.
 ENGINE_ID_IN_USE = "engine_id_in_use"
-
-_SELECT_STATES = """
-    SELECT name, state, since, failures, successes, changes, flapping, flapping_since,
-           notified, notified_at, last_check, last_reason, last_detail, last_elapsed,
-           checks, failed_checks, previous
-    FROM service ORDER BY name
-"""
-_STATE_COLUMNS = (
-    "state, since, failures, successes, changes, flapping, flapping_since, notified, "
-    "notified_at, last_check, last_reason, last_detail, last_elapsed, checks, "
-    "failed_checks, previous"
-)
-# Column names are constants here; every value is a parameter.
-_SAVE_STATE = f"""
-    INSERT INTO service (name, {_STATE_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET
-    {", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS.split(", "))}
-"""  # noqa: S608
 
 
 _STATE_TEXT = {s: s.value for s in State}
 _REASON_NUMBER = {r: r.value for r in Reason}
 
 
-def _state_row(name: str, st: ServiceState, mono_now: float, wall_now: float) -> tuple[Any, ...]:
-    """The ``_SAVE_STATE`` parameters of one service: its name, then ``encode_state``."""
-    return (name, *encode_state(st, mono_now=mono_now, wall_now=wall_now))
+def _state_row(name: str, st: ServiceState, mono_now: float, wall_now: float) -> dict[str, Any]:
+    """The ``_SAVE_STATE`` parameters of one service: its name and ``encode_state``."""
+    return {"name": name, **encode_state(st, mono_now=mono_now, wall_now=wall_now)}
 
 
-# --- rows <-> states (shared by every backend) -------------------------------
+# --- rows <-> values (shared by every backend) -------------------------------
+
+#: The columns of table ``service`` that hold a ``ServiceState`` (all but ``name``).
+_STATE_COLUMNS = (
+    "state",
+    "since",
+    "failures",
+    "successes",
+    "changes",
+    "flapping",
+    "flapping_since",
+    "notified",
+    "notified_at",
+    "last_check",
+    "last_reason",
+    "last_detail",
+    "last_elapsed",
+    "checks",
+    "failed_checks",
+    "previous",
+)
+
+#: The columns of table ``outbox``, as ``decode_outbox`` reads them.
+_OUTBOX_COLUMNS = "id, receiver, payload, created, sequence, attempts, last_error"
 
 
-def encode_state(st: ServiceState, *, mono_now: float, wall_now: float) -> tuple[Any, ...]:
-    """The column values (``_STATE_COLUMNS`` order) of a state, times on the wall clock."""
-    since, flapping_since, notified_at, last_check = (
-        st.since,
-        st.flapping_since,
-        st.notified_at,
-        st.last_check,
-    )
-    return (
-        _STATE_TEXT[st.state],
-        None if since is None else since - mono_now + wall_now,
-        st.failures,
-        st.successes,
-        json.dumps([t - mono_now + wall_now for t in st.changes]) if st.changes else "[]",
-        int(st.flapping),
-        None if flapping_since is None else flapping_since - mono_now + wall_now,
-        _STATE_TEXT[st.notified],
-        None if notified_at is None else notified_at - mono_now + wall_now,
-        None if last_check is None else last_check - mono_now + wall_now,
-        None if st.last_reason is None else _REASON_NUMBER[st.last_reason],
-        st.last_detail,
-        st.last_elapsed,
-        st.checks,
-        st.failed_checks,
-        st.previous.value,
-    )
+# Column names are constants here; every value is a parameter, by name.
+_SELECT_STATES = f"SELECT name, {', '.join(_STATE_COLUMNS)} FROM service ORDER BY name"  # noqa: S608
+_SAVE_STATE = f"""
+    INSERT INTO service (name, {", ".join(_STATE_COLUMNS)})
+    VALUES (:name, {", ".join(f":{c}" for c in _STATE_COLUMNS)})
+    ON CONFLICT (name) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS)}
+"""  # noqa: S608
+_SELECT_OUTBOX = (
+    f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE receiver = ? AND id > ? ORDER BY id LIMIT ?"  # noqa: S608
+)
 
 
-def decode_state(row: tuple[Any, ...], *, mono_now: float, wall_now: float) -> ServiceState:
-    """The state in a row of ``_SELECT_STATES`` (name first), times moved to ``mono_now``.
+class Named(Protocol):
+    """A row whose columns are read by name (``sqlite3.Row``, a psycopg ``dict_row``)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+def encode_state(st: ServiceState, *, mono_now: float, wall_now: float) -> dict[str, Any]:
+    """The column values (``_STATE_COLUMNS``) of a state, times on the wall clock."""
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else to_wall(t, mono_now=mono_now, wall_now=wall_now)
+
+    changes = [to_wall(t, mono_now=mono_now, wall_now=wall_now) for t in st.changes]
+    return {
+        "state": _STATE_TEXT[st.state],
+        "since": wall(st.since),
+        "failures": st.failures,
+        "successes": st.successes,
+        "changes": json.dumps(changes) if changes else "[]",
+        "flapping": int(st.flapping),
+        "flapping_since": wall(st.flapping_since),
+        "notified": _STATE_TEXT[st.notified],
+        "notified_at": wall(st.notified_at),
+        "last_check": wall(st.last_check),
+        "last_reason": None if st.last_reason is None else _REASON_NUMBER[st.last_reason],
+        "last_detail": st.last_detail,
+        "last_elapsed": st.last_elapsed,
+        "checks": st.checks,
+        "failed_checks": st.failed_checks,
+        "previous": _STATE_TEXT[st.previous],
+    }
+
+
+def decode_state(row: Named, *, mono_now: float, wall_now: float) -> ServiceState:
+    """The state in a row of table ``service``, times moved to the monotonic frame of ``mono_now``.
 
     Raises ``ValueError`` or ``TypeError`` for a row that holds no valid state.
     """
 
     def mono(t: float | None) -> float | None:
-        return None if t is None else min(t - wall_now + mono_now, mono_now)
+        return None if t is None else to_mono(float(t), mono_now=mono_now, wall_now=wall_now)
 
-    changes = json.loads(row[5])
+    changes = json.loads(row["changes"])
     return ServiceState(
-        state=State(row[1]),
-        since=mono(row[2]),
-        failures=int(row[3]),
-        successes=int(row[4]),
-        changes=tuple(min(float(t) - wall_now + mono_now, mono_now) for t in changes),
-        flapping=bool(row[6]),
-        flapping_since=mono(row[7]),
-        notified=State(row[8]),
-        notified_at=mono(row[9]),
-        last_check=mono(row[10]),
-        last_reason=None if row[11] is None else Reason(row[11]),
-        last_detail=str(row[12]),
-        last_elapsed=float(row[13]),
-        checks=int(row[14]),
-        failed_checks=int(row[15]),
-        previous=State(row[16]),
+        state=State(row["state"]),
+        since=mono(row["since"]),
+        failures=int(row["failures"]),
+        successes=int(row["successes"]),
+        changes=tuple(to_mono(float(t), mono_now=mono_now, wall_now=wall_now) for t in changes),
+        flapping=bool(row["flapping"]),
+        flapping_since=mono(row["flapping_since"]),
+        notified=State(row["notified"]),
+        notified_at=mono(row["notified_at"]),
+        last_check=mono(row["last_check"]),
+        last_reason=None if row["last_reason"] is None else Reason(row["last_reason"]),
+        last_detail=str(row["last_detail"]),
+        last_elapsed=float(row["last_elapsed"]),
+        checks=int(row["checks"]),
+        failed_checks=int(row["failed_checks"]),
+        previous=State(row["previous"]),
+    )
+
+
+def decode_outbox(row: Named) -> OutboxRow:
+    """The notification in a row of table ``outbox`` (``_OUTBOX_COLUMNS``)."""
+    return OutboxRow(
+        id=int(row["id"]),
+        receiver=str(row["receiver"]),
+        payload=bytes(row["payload"]),
+        created=float(row["created"]),
+        sequence=int(row["sequence"]),
+        attempts=int(row["attempts"]),
+        last_error=str(row["last_error"]),
     )
 
 
@@ -638,7 +659,7 @@ def _uri(db_path: Path, mode: str) -> str:
 def _connect(db_path: Path, uri: str) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (transaction()).
-        return sqlite3.connect(uri, uri=True, isolation_level=None)
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         if not _environmental(exc):
             raise
@@ -646,6 +667,8 @@ def _connect(db_path: Path, uri: str) -> sqlite3.Connection:
             f"{db_path}: cannot open the state database: {exc}; check its owner and "
             f"permissions, or move it aside to start afresh: {_FRESH_START}"
         ) from exc
+    db.row_factory = sqlite3.Row  # columns by name: row["state"]
+    return db
 
 
 @contextlib.contextmanager

@@ -29,17 +29,18 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from snmp_watchdog import cluster
 from snmp_watchdog.cluster import Ownership
+from snmp_watchdog.exceptions import StoreError, StoreNotReady
 from snmp_watchdog.pgurl import redact, scrub
 from snmp_watchdog.state import ServiceState
 from snmp_watchdog.store import (
     _FRESH_START,
-    Pending,
-    StoreError,
-    StoreNotReady,
+    OutboxRow,
+    decode_outbox,
     decode_state,
     encode_state,
 )
@@ -148,11 +149,15 @@ _SELECT_STATES: LiteralString = """
            checks, failed_checks, previous
     FROM service ORDER BY name
 """
+# The parameters by name: ``encode_state``'s columns and ``name``.
 _SAVE_STATE: LiteralString = """
     INSERT INTO service (name, state, since, failures, successes, changes, flapping,
         flapping_since, notified, notified_at, last_check, last_reason, last_detail,
         last_elapsed, checks, failed_checks, previous)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    VALUES (%(name)s, %(state)s, %(since)s, %(failures)s, %(successes)s, %(changes)s,
+        %(flapping)s, %(flapping_since)s, %(notified)s, %(notified_at)s, %(last_check)s,
+        %(last_reason)s, %(last_detail)s, %(last_elapsed)s, %(checks)s, %(failed_checks)s,
+        %(previous)s)
     ON CONFLICT (name) DO UPDATE SET
         state = excluded.state, since = excluded.since, failures = excluded.failures,
         successes = excluded.successes, changes = excluded.changes,
@@ -292,17 +297,25 @@ class PgStore:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
+    async def _read_named(self, sql: LiteralString, params: Params = ()) -> list[dict[str, Any]]:
+        """``_read`` with each row a dict of its columns by name."""
+        async with self._conn() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
     # -- services --
 
     async def load_states(self, *, mono_now: float, wall_now: float) -> dict[str, ServiceState]:
         """Every stored service state, times moved to the monotonic frame of ``mono_now``."""
         states = {}
-        for row in await self._read(_SELECT_STATES):
+        for row in await self._read_named(_SELECT_STATES):
             try:
-                states[row[0]] = decode_state(row, mono_now=mono_now, wall_now=wall_now)
+                states[row["name"]] = decode_state(row, mono_now=mono_now, wall_now=wall_now)
             except (ValueError, TypeError) as exc:
                 raise StoreError(
-                    f"{self.where}: the stored state of service {row[0]!r} is invalid ({exc}). "
+                    f"{self.where}: the stored state of service {row['name']!r} is invalid "
+                    f"({exc}). "
                     f"Restore a backup, or delete its row in table service to start it "
                     f"afresh: {_FRESH_START}"
                 ) from exc
@@ -313,7 +326,7 @@ class PgStore:
     ) -> None:
         """Insert or replace the state of service ``name``."""
         await self._write(
-            _SAVE_STATE, (name, *encode_state(st, mono_now=mono_now, wall_now=wall_now))
+            _SAVE_STATE, {"name": name, **encode_state(st, mono_now=mono_now, wall_now=wall_now)}
         )
 
     async def forget(self, names: Iterable[str]) -> None:
@@ -384,25 +397,14 @@ class PgStore:
         )
         return int(rows[0][0])
 
-    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[Pending]:
+    async def pending(self, receiver: str, limit: int, *, after: int = 0) -> list[OutboxRow]:
         """Up to ``limit`` notifications for ``receiver`` with id above ``after``, oldest first."""
-        rows = await self._read(
+        rows = await self._read_named(
             "SELECT id, receiver, payload, created, sequence, attempts, last_error FROM outbox "
             "WHERE receiver = %s AND id > %s ORDER BY id LIMIT %s",
             (receiver, after, limit),
         )
-        return [
-            Pending(
-                id=int(r[0]),
-                receiver=r[1],
-                payload=bytes(r[2]),
-                created=float(r[3]),
-                sequence=int(r[4]),
-                attempts=int(r[5]),
-                last_error=r[6],
-            )
-            for r in rows
-        ]
+        return [decode_outbox(row) for row in rows]
 
     async def count_pending(self, receiver: str, *, after: int = 0) -> int:
         """How many notifications for ``receiver`` with id above ``after`` wait."""
@@ -551,7 +553,10 @@ class PgStore:
                     await cur.executemany(
                         _SAVE_STATE_IF_NEWER,
                         [
-                            (n, *encode_state(states[n][1], mono_now=mono_now, wall_now=wall_now))
+                            {
+                                "name": n,
+                                **encode_state(states[n][1], mono_now=mono_now, wall_now=wall_now),
+                            }
                             for n in ok
                         ],
                     )

@@ -24,14 +24,13 @@ import snmp_watchdog
 from snmp_watchdog import model
 from snmp_watchdog.checks import run_check
 from snmp_watchdog.checks.http import (
-    BadResponse,
     ChunkedDecoder,
     framing,
     parse_head,
     request_bytes,
 )
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.result import CheckResult, Transcript
+from snmp_watchdog.result import CheckFailed, CheckResult, Transcript
 from tests.checks.certs import Pki, ServerCert, make_pki
 from tests.helpers import free_tcp_port
 
@@ -623,7 +622,7 @@ def test_framing(head: bytes, expected: object) -> None:
 @pytest.mark.parametrize("value", [b"12, 13", b"-1", b"twelve", b"\xd9\xa1"])
 def test_invalid_content_length(value: bytes) -> None:
     head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n")
-    with pytest.raises(BadResponse, match="invalid Content-Length"):
+    with pytest.raises(CheckFailed, match="invalid Content-Length"):
         framing(head)
 
 
@@ -645,5 +644,5 @@ def test_chunked_decoder_fed_byte_by_byte() -> None:
     [b"5\r\nhello!\r\n", b"x\r\n", b"\r\n", b"1" * 17 + b"\r\n", b"5" * 9000],
 )
 def test_chunked_decoder_rejects_malformed_input(wire: bytes) -> None:
-    with pytest.raises(BadResponse, match="chunk"):
+    with pytest.raises(CheckFailed, match="chunk"):
         ChunkedDecoder().feed(wire)

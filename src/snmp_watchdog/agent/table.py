@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from snmp_watchdog import model, state
+from snmp_watchdog.clocks import to_wall
 from snmp_watchdog.notify.mib import (
     HOST_SIZE,
     KIND_SIZE,
@@ -142,7 +143,7 @@ def service_row(
     def when(t: float | None) -> Value:
         if t is None:
             return ("string", UNKNOWN_TIME)
-        return ("string", date_and_time(max(t - mono_now + wall_now, 0.0)))
+        return ("string", date_and_time(max(to_wall(t, mono_now=mono_now, wall_now=wall_now), 0.0)))
 
     return (
         _string(svc.name, NAME_SIZE),

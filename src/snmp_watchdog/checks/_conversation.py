@@ -73,7 +73,7 @@ from snmp_watchdog.checks._net import (
 )
 from snmp_watchdog.model import MAX_READ, CheckKind, Service
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.result import CheckResult, Transcript
+from snmp_watchdog.result import CheckFailed, CheckResult, Transcript
 
 #: A check: one service, an optional transcript to fill, a result. ``run_check``
 #: wraps every call in the service's deadline and maps network errors.
@@ -102,15 +102,6 @@ _RESOLVE, _CONNECT, _TLS, _EXPECT, _REPLY, _ANSWER, _CLOSING = range(7)
 
 #: The attribute of a cancellation that carries the conversation it interrupted.
 _CARRIED = "_snmp_watchdog_conversation"
-
-
-class CheckFailed(Exception):
-    """The service answered, but not as it should: the check's reason and detail."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

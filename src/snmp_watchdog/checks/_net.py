@@ -3,13 +3,12 @@
 Rules:
 
 - **Names.** A host that is an IP address is used as it is. A name is
-  resolved at check time (``loop.getaddrinfo``); whatever the resolver raises
-  (``socket.gaierror``, ``UnicodeError`` for a name that cannot be encoded such
-  as ``mail..example.com`` or a label of 64 characters, any other
-  ``OSError``) becomes a ``socket.gaierror``, which ``reason_for_error`` maps
-  to ``dns``. A resolution still running when the check's deadline passes is
-  ``dns`` as well: the cancellation that ends it is marked
-  (:func:`resolving`), and ``run_check`` reports ``dns`` for it.
+  resolved at check time (``resolver.getaddrinfo``, shared with the SNMP
+  sender); whatever the resolver raises (a name that cannot be encoded such as
+  ``mail..example.com`` included) becomes a ``socket.gaierror`` saying why,
+  which ``reason_for_error`` maps to ``dns``. A resolution still running when
+  the check's deadline passes is ``dns`` as well: the cancellation that ends it
+  is marked (:func:`resolving`), and ``run_check`` reports ``dns`` for it.
 - **TLS contexts.** One factory, :func:`client_context`, for every check:
   ``ssl.create_default_context`` with ``ca_file`` (the system store without
   one), TLS 1.2 at least; ``tls_verify: false`` turns off the chain and name
@@ -45,6 +44,7 @@ from typing import cast
 
 from snmp_watchdog.exceptions import LocalProblem
 from snmp_watchdog.model import Service
+from snmp_watchdog.resolver import getaddrinfo
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -78,22 +78,11 @@ async def resolve(host: str, port: int) -> list[tuple[int, Address]]:
     family = literal_family(host)
     if family:
         return [(family, (host, port))]
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        infos = await getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except asyncio.CancelledError as exc:
         vars(exc)[_RESOLVING] = host
         raise
-    except socket.gaierror:
-        raise
-    except UnicodeError as exc:
-        # "encoding with 'idna' codec failed (UnicodeError: label empty or too long)"
-        why = str(exc).rpartition("UnicodeError: ")[2].rstrip(")") or str(exc)
-        raise socket.gaierror(socket.EAI_NONAME, f"not a valid host name: {why}") from exc
-    except OSError as exc:
-        raise socket.gaierror(socket.EAI_FAIL, exc.strerror or str(exc)) from exc
     # AF_INET and AF_INET6 only: their addresses start with the host as text.
     addresses: list[tuple[int, Address]] = [
         (info[0], cast(Address, info[4]))

@@ -24,13 +24,13 @@ from __future__ import annotations
 import re
 
 from snmp_watchdog.checks._conversation import (
-    CheckFailed,
     Conversation,
     Grammar,
     conversation_check,
 )
 from snmp_watchdog.checks._format import quote
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.result import CheckFailed
 
 POP3_LINE = Grammar(
     re.compile(rb"(?P<status>\+OK|-ERR)(?:[ \t][^\n]*|\r)?\n"),

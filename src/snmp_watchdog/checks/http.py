@@ -37,7 +37,7 @@ from snmp_watchdog import model
 from snmp_watchdog.checks import _format, tls
 from snmp_watchdog.model import CheckKind
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.result import CheckResult, Transcript
+from snmp_watchdog.result import CheckFailed, CheckResult, Transcript
 
 USER_AGENT = f"snmp-watchdog/{snmp_watchdog.__version__}"
 
@@ -51,15 +51,6 @@ _HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*\r?")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 Framing = int | Literal["none", "chunked", "close"]
-
-
-class BadResponse(Exception):
-    """The server's answer is not one this check accepts; carries the verdict."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +105,7 @@ def status_line(line: bytes) -> re.Match[bytes]:
     """Match a status line (without its LF), or fail the check."""
     status = _STATUS_LINE.fullmatch(line)
     if status is None:
-        raise BadResponse(Reason.UNEXPECTED_RESPONSE, f"not an HTTP status line: {_show(line)}")
+        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"not an HTTP status line: {_show(line)}")
     return status
 
 
@@ -132,7 +123,7 @@ def parse_head(data: bytes) -> Head:
             continue
         header = _HEADER.fullmatch(line)
         if header is None:
-            raise BadResponse(Reason.UNEXPECTED_RESPONSE, f"malformed header line: {_show(line)}")
+            raise CheckFailed(Reason.UNEXPECTED_RESPONSE, f"malformed header line: {_show(line)}")
         headers.append((header[1].decode("ascii").lower(), header[2].decode("latin-1")))
     return Head(int(status[3]), (status[4] or b"").decode("latin-1").strip(), tuple(headers))
 
@@ -150,7 +141,7 @@ def framing(head: Head) -> Framing:
         return "close"
     length = lengths.pop()
     if lengths or not length.isdigit() or not length.isascii():
-        raise BadResponse(Reason.UNEXPECTED_RESPONSE, "invalid Content-Length")
+        raise CheckFailed(Reason.UNEXPECTED_RESPONSE, "invalid Content-Length")
     return int(length)
 
 
@@ -186,14 +177,14 @@ class ChunkedDecoder:
             if self._state == "size":
                 size = line.split(b";", 1)[0].strip()
                 if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-                    raise BadResponse(
+                    raise CheckFailed(
                         Reason.UNEXPECTED_RESPONSE, f"malformed chunk size: {_show(line)}"
                     )
                 self._left = int(size, 16)
                 self._state = "data" if self._left else "trailer"
             elif self._state == "data_end":
                 if line:
-                    raise BadResponse(Reason.UNEXPECTED_RESPONSE, "chunk longer than its size")
+                    raise CheckFailed(Reason.UNEXPECTED_RESPONSE, "chunk longer than its size")
                 self._state = "size"
             elif not line:  # the blank line after the trailers
                 self._state = "done"
@@ -202,7 +193,7 @@ class ChunkedDecoder:
         end = self._buffer.find(b"\n")
         if end < 0:
             if len(self._buffer) > _MAX_LINE:
-                raise BadResponse(Reason.UNEXPECTED_RESPONSE, "malformed chunked body")
+                raise CheckFailed(Reason.UNEXPECTED_RESPONSE, "malformed chunked body")
             return None
         line = bytes(self._buffer[:end]).rstrip(b"\r")
         del self._buffer[: end + 1]
@@ -260,7 +251,7 @@ async def _read_head(source: _Source) -> tuple[Head, bytes]:
         if not status_seen:  # fail on garbage at once, not at the deadline
             first, newline, _ = bytes(buffer).partition(b"\n")
             if not looks_like_http(first):
-                raise BadResponse(
+                raise CheckFailed(
                     Reason.UNEXPECTED_RESPONSE, f"not an HTTP response: {_show(first)}"
                 )
             if newline:
@@ -270,9 +261,9 @@ async def _read_head(source: _Source) -> tuple[Head, bytes]:
         data = await source.read()
         if not data:
             if source.exhausted:
-                raise BadResponse(Reason.TOO_LARGE, f"response head larger than {_LIMIT}")
+                raise CheckFailed(Reason.TOO_LARGE, f"response head larger than {_LIMIT}")
             what = "in the middle of the response head" if buffer else "without a response"
-            raise BadResponse(Reason.CLOSED, f"connection closed {what}")
+            raise CheckFailed(Reason.CLOSED, f"connection closed {what}")
         buffer += data
 
 
@@ -346,7 +337,7 @@ async def _exchange(
                     f"{head.status_text}, body cut short by the server; "
                     f"{pattern} not in its {len(body)} bytes",
                 )
-    except BadResponse as bad:
+    except CheckFailed as bad:
         return result(bad.reason, bad.detail)
     if certificate[1]:
         return result(certificate[0], f"{head.status_text}; {certificate[1]}")

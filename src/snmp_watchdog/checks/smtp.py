@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 
 from snmp_watchdog.checks._conversation import (
-    CheckFailed,
     Conversation,
     Grammar,
     conversation_check,
 )
 from snmp_watchdog.checks._format import quote
 from snmp_watchdog.reasons import Reason
+from snmp_watchdog.result import CheckFailed
 
 
 def reply_grammar(code: str) -> Grammar:

@@ -40,7 +40,6 @@ import difflib
 import re
 
 from snmp_watchdog.checks._conversation import (
-    CheckFailed,
     Conversation,
     conversation_check,
     seconds,
@@ -48,7 +47,7 @@ from snmp_watchdog.checks._conversation import (
 from snmp_watchdog.checks._format import printable
 from snmp_watchdog.model import Service
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.result import CheckResult
+from snmp_watchdog.result import CheckFailed, CheckResult
 
 #: The longest wait for a banner, or for the start of the answer to a line.
 MAX_PACE = 1.0

@@ -98,7 +98,7 @@ def fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("watchdog", message)
 
 
-def describe(value: Any) -> str:
+def as_written(value: Any) -> str:
     """How an error message shows what was written."""
     if value is None:
         return "nothing"
@@ -146,7 +146,7 @@ def _integer(value: Any, low: int, high: int | None, expected: str) -> int:
     in_range = isinstance(value, int) and value >= low and (high is None or value <= high)
     if in_range and not isinstance(value, bool):
         return int(value)
-    raise fail(f"expected {expected}, got {describe(value)}")
+    raise fail(f"expected {expected}, got {as_written(value)}")
 
 
 def parse_port(value: Any) -> int:
@@ -185,9 +185,9 @@ def parse_duration(value: Any) -> float:
     """A duration greater than zero."""
     seconds = duration_seconds(value)
     if seconds is None:
-        raise fail(f"expected {_DURATION_FORMS}, got {describe(value)}")
+        raise fail(f"expected {_DURATION_FORMS}, got {as_written(value)}")
     if seconds <= 0:
-        raise fail(f"expected a duration greater than 0, got {describe(value)}")
+        raise fail(f"expected a duration greater than 0, got {as_written(value)}")
     return seconds
 
 
@@ -195,9 +195,9 @@ def parse_duration_or_zero(value: Any) -> float:
     """A duration of zero or more (zero switches the feature off)."""
     seconds = duration_seconds(value)
     if seconds is None:
-        raise fail(f"expected {_DURATION_FORMS}, got {describe(value)}")
+        raise fail(f"expected {_DURATION_FORMS}, got {as_written(value)}")
     if seconds < 0:
-        raise fail(f"expected a duration of 0 or more, got {describe(value)}")
+        raise fail(f"expected a duration of 0 or more, got {as_written(value)}")
     return seconds
 
 
@@ -214,14 +214,14 @@ def parse_jitter(value: Any) -> float:
         return fraction
     raise fail(
         "expected a percentage from 0% to 50% (like 10%) or a fraction from 0 to 0.5, "
-        f"got {describe(value)}"
+        f"got {as_written(value)}"
     )
 
 
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise fail(f"expected true or false, got {describe(value)}")
+    raise fail(f"expected true or false, got {as_written(value)}")
 
 
 def _text(
@@ -229,7 +229,7 @@ def _text(
     expected: str,
     fits: Callable[[str], object] | None = None,
     *,
-    show: Callable[[Any], str] = describe,
+    show: Callable[[Any], str] = as_written,
 ) -> str:
     """``value`` if it is text that ``fits``; else "expected EXPECTED, got ..."."""
     if isinstance(value, str) and (fits is None or fits(value)):
@@ -251,15 +251,15 @@ def parse_host(value: Any) -> str:
     if isinstance(value, str) and value.count(":") == 1:
         raise fail(
             "expected a host name or IP address without a port or scheme "
-            f"(the port goes in port:), got {describe(value)}"
+            f"(the port goes in port:), got {as_written(value)}"
         )
     if not (isinstance(value, str) and _HOST_RE.fullmatch(value)):
-        raise fail(f"expected a host name or IP address, got {describe(value)}")
+        raise fail(f"expected a host name or IP address, got {as_written(value)}")
     if ":" in value:
         try:
             ipaddress.IPv6Address(value)
         except ValueError:
-            raise fail(f"expected an IPv6 address, got {describe(value)}") from None
+            raise fail(f"expected an IPv6 address, got {as_written(value)}") from None
         return value
     problem = host_name_problem(value)
     if problem is not None:
@@ -271,7 +271,7 @@ def host_name_problem(name: str) -> str | None:
     """What makes ``name`` unusable as a DNS name (RFC 1035, IDNA 2003), or None."""
     if name.isascii() and _fine_ascii_name(name):
         return None
-    shown = describe(name)
+    shown = as_written(name)
     labels = _IDNA_DOTS.split(name)
     if len(labels) > 1 and not labels[-1]:
         labels.pop()  # the trailing dot of a fully qualified name
@@ -280,17 +280,17 @@ def host_name_problem(name: str) -> str | None:
         try:
             ace = _ace_label(label)
         except UnicodeError as exc:
-            return f"cannot encode label {describe(label)} in {shown} with IDNA ({exc})"
+            return f"cannot encode label {as_written(label)} in {shown} with IDNA ({exc})"
         if not ace:
             return f"empty label in {shown}"
         if len(ace) > MAX_LABEL_OCTETS:
             return (
-                f"label {describe(label)} is {len(ace)} octets long, "
+                f"label {as_written(label)} is {len(ace)} octets long, "
                 f"more than {MAX_LABEL_OCTETS}, in {shown}"
             )
         if label.startswith("-") or label.endswith("-"):
             end = "starts" if label.startswith("-") else "ends"
-            return f"label {describe(label)} {end} with a hyphen in {shown}"
+            return f"label {as_written(label)} {end} with a hyphen in {shown}"
         total += len(ace)
     if total > MAX_NAME_OCTETS:
         return f"{shown} is {total} octets long, more than the {MAX_NAME_OCTETS} of a host name"
@@ -352,7 +352,7 @@ def parse_regexes(value: Any) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
         return tuple(value)
-    raise fail(f"expected a regular expression or a list of them, got {describe(value)}")
+    raise fail(f"expected a regular expression or a list of them, got {as_written(value)}")
 
 
 def parse_path(value: Any) -> str:
@@ -365,7 +365,7 @@ def parse_store(value: Any) -> str:
     if not is_postgresql(url):
         raise fail(
             f"expected a postgresql:// URL (or no store: the SQLite database in state_dir), "
-            f"got {describe(redact(url))}"
+            f"got {as_written(redact(url))}"
         )
     if has_password(url):
         raise fail(
@@ -386,7 +386,7 @@ def parse_ip(value: Any) -> str:
             return str(ipaddress.ip_address(value))
         except ValueError:
             pass
-    raise fail(f"expected an IP address, got {describe(value)}")
+    raise fail(f"expected an IP address, got {as_written(value)}")
 
 
 def parse_listen(value: Any) -> tuple[str, int]:
@@ -405,7 +405,7 @@ def parse_listen(value: Any) -> tuple[str, int]:
     if address is None or port is None or not 1 <= port <= 65535:
         raise fail(
             "expected an IP address and a UDP port like 127.0.0.1:1161 or [::1]:1161, "
-            f"got {describe(value)}"
+            f"got {as_written(value)}"
         )
     return str(address), port
 
@@ -420,13 +420,13 @@ def parse_version(value: Any) -> snmp.Version:
         text = str(value).strip().lower()
         if text in _VERSIONS:
             return snmp.Version(text)
-    raise fail(f"expected {one_of(_VERSIONS)}, got {describe(value)}")
+    raise fail(f"expected {one_of(_VERSIONS)}, got {as_written(value)}")
 
 
 def parse_mode(value: Any) -> snmp.Mode:
     if isinstance(value, str) and value.lower() in _MODES:
         return snmp.Mode(value.lower())
-    raise fail(f"expected {one_of(_MODES)}, got {describe(value)}")
+    raise fail(f"expected {one_of(_MODES)}, got {as_written(value)}")
 
 
 _KINDS = tuple(kind.value for kind in CheckKind)
@@ -437,7 +437,7 @@ def parse_check(value: Any) -> CheckKind:
         return CheckKind(value.lower())
     hint = suggest(value.lower(), _KINDS) if isinstance(value, str) else None
     extra = f" (did you mean '{hint}'?)" if hint else ""
-    raise fail(f"expected one of {', '.join(_KINDS)}, got {describe(value)}{extra}")
+    raise fail(f"expected one of {', '.join(_KINDS)}, got {as_written(value)}{extra}")
 
 
 def _protocol(table: Mapping[str, UsmProtocol], value: Any) -> str:
@@ -449,7 +449,7 @@ def _protocol(table: Mapping[str, UsmProtocol], value: Any) -> str:
     weak = [protocol.name for protocol in table.values() if protocol.weak]
     raise fail(
         f"expected {one_of(strong)} ({one_of(weak)} only with allow_weak_crypto), "
-        f"got {describe(value)}"
+        f"got {as_written(value)}"
     )
 
 
@@ -470,7 +470,7 @@ def parse_engine_id(value: Any) -> bytes:
         text = text[2:]
     if _HEX_RE.fullmatch(text) and len(text) % 2 == 0 and 5 <= len(text) // 2 <= 32:
         return bytes.fromhex(text)
-    raise fail(f"expected 5 to 32 octets in hex like 0x80001f8804..., got {describe(value)}")
+    raise fail(f"expected 5 to 32 octets in hex like 0x80001f8804..., got {as_written(value)}")
 
 
 def parse_oid(value: Any) -> tuple[int, ...]:
@@ -482,8 +482,8 @@ def parse_oid(value: Any) -> tuple[int, ...]:
             check_root(arcs)
             return arcs
     except ValueError as exc:
-        raise fail(f"{exc}, got {describe(value)}") from None
-    raise fail(f"expected a dotted OID like 1.3.6.1.4.1.99999, got {describe(value)}")
+        raise fail(f"{exc}, got {as_written(value)}") from None
+    raise fail(f"expected a dotted OID like 1.3.6.1.4.1.99999, got {as_written(value)}")
 
 
 def parse_http_status(value: Any) -> tuple[int, ...]:
@@ -491,7 +491,7 @@ def parse_http_status(value: Any) -> tuple[int, ...]:
     for item in items:
         if not (isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599):
             raise fail(
-                f"expected an HTTP status from 100 to 599 or a list of them, got {describe(item)}"
+                f"expected an HTTP status from 100 to 599 or a list of them, got {as_written(item)}"
             )
     return tuple(items)
 

@@ -42,10 +42,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from snmp_watchdog.clocks import to_mono, to_wall
+from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.notify.message import Message, decode, encode
 from snmp_watchdog.notify.outbox import Pending
-from snmp_watchdog.store import Pending as Row
-from snmp_watchdog.store import Store, StoreError
+from snmp_watchdog.store import OutboxRow, Store
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -73,7 +74,7 @@ class StoreQueue:
         self._wall = wall
         self._items: collections.deque[Pending] = collections.deque()  # the stored head, decoded
         # Loaded from the store, not decoded yet: (row, when it was submitted).
-        self._rows: collections.deque[tuple[Row, float]] = collections.deque()
+        self._rows: collections.deque[tuple[OutboxRow, float]] = collections.deque()
         self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
         self._last_loaded = 0  # highest row id loaded so far
         # (first row id, wall - monotonic offset) for the rows from that id on; a new
@@ -84,11 +85,12 @@ class StoreQueue:
 
     def append(self, item: Pending) -> None:
         """Write ``item`` to the outbox (in the caller's transaction, if any)."""
-        offset = self._wall() - self._clock()
+        mono, wall = self._clock(), self._wall()
+        offset = wall - mono
         row = self._store.enqueue(
             self._receiver,
             encode(item.message),
-            created=item.submitted + offset,
+            created=to_wall(item.submitted, mono_now=mono, wall_now=wall),
             sequence=item.message.sequence,
         )
         if abs(offset - self._frames[-1][1]) > CLOCK_STEP:
@@ -169,7 +171,9 @@ class StoreQueue:
             self._last_loaded = row.id
             if row.id in self._removed:
                 continue
-            self._rows.append((row, min(row.created - self._offset(row.id), mono)))
+            # Now on the wall clock as the row's writer saw it: a step since does not count.
+            wall = mono + self._offset(row.id)
+            self._rows.append((row, to_mono(row.created, mono_now=mono, wall_now=wall)))
         while len(self._frames) > 1 and self._frames[1][0] <= self._last_loaded + 1:
             self._frames.pop(0)  # only rows not loaded yet need their frame
 

@@ -14,8 +14,9 @@ Rules:
   times are clamped to 0..4294967295 (Gauge32 latches at its maximum); the
   sequence number and TimeTicks wrap modulo 2**32, as the SMI defines; times of
   change are ``DateAndTime`` in UTC (11 octets, direction ``+``, offset 0:0).
-* Anything that is not a value of the MIB (an unknown kind, state or flag, an
-  index of 0) raises ``ValueError``: it is a bug in the caller.
+* The notification is named by the state machine's ``Kind``. Anything else
+  that is not a value of the MIB (an unknown state or flag, an index of 0)
+  raises ``ValueError``: it is a bug in the caller.
 """
 
 from __future__ import annotations
@@ -49,9 +50,7 @@ from snmp_watchdog.notify.mib import (
     display_text,
 )
 from snmp_watchdog.reasons import Reason
-
-SERVICE_KINDS: Final = ("down", "up", "flapping", "flapping_ended")
-
+from snmp_watchdog.state import Kind
 
 Varbind = tuple[tuple[int, ...], object]
 
@@ -62,7 +61,7 @@ class Message:
 
     notification: tuple[int, ...]  # the value of snmpTrapOID.0
     varbinds: tuple[Varbind, ...]  # (instance OID, pysnmp rfc1902 value), without the first two
-    kind: str  # "down" | "up" | "flapping" | "flapping_ended" | "heartbeat" | "test"
+    kind: str  # a ``Kind``'s value (down, up, flapping, flapping_ended), heartbeat or test
     sequence: int
     service: str | None  # the service's name; None for heartbeat and test
 
@@ -126,16 +125,16 @@ class MessageBuilder:
     def __init__(self, oids: Oids) -> None:
         self.oids = oids
         self._notification = {
-            "down": oids.service_down,
-            "up": oids.service_up,
-            "flapping": oids.service_flapping,
-            "flapping_ended": oids.service_flapping_ended,
+            Kind.DOWN: oids.service_down,
+            Kind.UP: oids.service_up,
+            Kind.FLAPPING: oids.service_flapping,
+            Kind.FLAPPING_ENDED: oids.service_flapping_ended,
         }
 
     def service_event(
         self,
         *,
-        kind: str,
+        kind: Kind,
         service: model.Service,
         index: int,
         state: str,
@@ -154,8 +153,6 @@ class MessageBuilder:
         check's response time in seconds, ``at_wall`` the time of the change
         in seconds since the epoch.
         """
-        if kind not in self._notification:
-            raise ValueError(f"not a service notification: {kind!r}")
         if not 1 <= index <= MAX32:
             raise ValueError(f"wdServiceIndex must be 1..{MAX32}, not {index}")
         o = self.oids
@@ -179,7 +176,7 @@ class MessageBuilder:
             ((*o.notification_sequence, 0), _sequence(sequence)),
             ((*o.notification_flags, 0), Integer32(_enum(FLAG_VALUES, "flags", flags))),
         )
-        return Message(self._notification[kind], varbinds, kind, sequence, service.name)
+        return Message(self._notification[kind], varbinds, kind.value, sequence, service.name)
 
     def heartbeat(
         self, *, sequence: int, up: int, down: int, unknown: int, uptime: float

@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from snmp_watchdog import model, state
+from snmp_watchdog.clocks import wall_time
+from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.notify.durable import StoreQueue
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Sender
-from snmp_watchdog.store import Store, StoreError
+from snmp_watchdog.store import Store
 
 log = logging.getLogger("snmp_watchdog")
-
-
-def wall_time(mono: float, *, clock: Callable[[], float] = time.monotonic) -> float:
-    """A monotonic time of this process as wall-clock seconds since the epoch."""
-    return time.time() - (clock() - mono)
 
 
 class Notifier:
@@ -89,7 +85,7 @@ class Notifier:
         ``last_sequence`` back and call again with ``durable=False``.
         """
         message = self._builder.service_event(
-            kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
+            kind=note.kind,
             service=svc,
             index=index,
             state=note.state.value,

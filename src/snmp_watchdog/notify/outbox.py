@@ -132,7 +132,7 @@ class _GiveUpAt(stop_base):
         return self.clock() + retry_state.upcoming_sleep >= self.deadline
 
 
-def describe(message: Message) -> str:
+def notification_label(message: Message) -> str:
     """How logs name a notification: ``down #17 (mail)``."""
     about = f" ({message.service})" if message.service is not None else ""
     return f"{message.kind} #{message.sequence}{about}"
@@ -180,7 +180,7 @@ class Dispatcher:
         now = self._clock()
         for name in receiver_names:
             if name not in self._receivers:
-                self._log.warning("%s: no receiver named %r", describe(message), name)
+                self._log.warning("%s: no receiver named %r", notification_label(message), name)
                 continue
             if name not in self._queues:
                 self._queues[name] = self._queue_factory(name)
@@ -329,16 +329,19 @@ class Dispatcher:
                 return
             delivery = retried
         if delivery.ok:
-            self._log.info("%s sent to %s", describe(item.message), item.receiver)
+            self._log.info("%s sent to %s", notification_label(item.message), item.receiver)
         else:
             self._log.warning(
-                "%s to %s failed: %s", describe(item.message), item.receiver, delivery.error
+                "%s to %s failed: %s",
+                notification_label(item.message),
+                item.receiver,
+                delivery.error,
             )
 
     async def _inform(self, item: Pending) -> None:
         delivery = await self._retry(item, lambda d: d.error is not None)
         if delivery is not None:
-            self._log.info("%s to %s %s", describe(item.message), item.receiver, delivery)
+            self._log.info("%s to %s %s", notification_label(item.message), item.receiver, delivery)
 
     async def _retry(
         self,
@@ -379,7 +382,7 @@ class Dispatcher:
     def _give_up(self, item: Pending, attempts: int, error: str | None) -> None:
         self._log.error(
             "%s to %s given up after %d attempt(s) in %.0f s: %s",
-            describe(item.message),
+            notification_label(item.message),
             item.receiver,
             attempts,
             self._clock() - item.submitted,
@@ -395,7 +398,7 @@ class Dispatcher:
         self._queues[item.receiver].failed(item, error)
         self._log.warning(
             "%s to %s not %s (attempt %d): %s; next attempt in %.1f s",
-            describe(item.message),
+            notification_label(item.message),
             item.receiver,
             "sent" if isinstance(delivery, Delivery) and delivery.unsent else "acknowledged",
             state.attempt_number,

@@ -51,11 +51,11 @@ This is the only module that drives pysnmp. Rules:
   ``reconfigure()`` start every receiver's lookup at once, in the background,
   and return; a send waits for its own receiver's lookup only (at most
   ``RESOLVE_TIMEOUT``), so a slow name server delays neither start-up nor any
-  other receiver. Whatever the resolver raises (``gaierror``, a
-  ``UnicodeError`` for a name such as ``mail..example.com``, any ``OSError``)
-  is a failure of that receiver, logged with its name: a receiver that
-  cannot be resolved, or whose source address cannot be bound, fails its
-  sends with that reason (``Delivery.unsent``: nothing left, try again later)
+  other receiver. Whatever the resolver raises (``resolver.getaddrinfo``,
+  shared with the checks, says why in a few words: ``mail..example.com`` is
+  ``not a valid host name``) is a failure of that receiver, logged with its
+  name: a receiver that cannot be resolved, or whose source address cannot be
+  bound, fails its sends with that reason (``Delivery.unsent``: nothing left, try again later)
   and is looked up again at its next send.
 * A resolved receiver is looked up again after ``REFRESH_AFTER_FAILURES``
   consecutive timeouts or socket errors, or after ``REFRESH_AFTER`` seconds
@@ -100,6 +100,7 @@ from snmp_watchdog import model
 from snmp_watchdog.notify import engine as identity
 from snmp_watchdog.notify.message import Message
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, SYS_UPTIME
+from snmp_watchdog.resolver import getaddrinfo
 from snmp_watchdog.snmp import AUTH_PROTOCOLS, PRIV_PROTOCOLS, Version
 
 #: SNMP-COMMUNITY-MIB snmpTrapAddress.0: SNMPv1's agent-addr (RFC 3584 section 3.2).
@@ -556,8 +557,8 @@ class Sender:
                 family, ip = await self._resolve(receiver)
         except TimeoutError:
             failure = f"cannot resolve {receiver.host}: timed out"
-        except (OSError, ValueError) as exc:  # gaierror; UnicodeError for "a..b"; NUL bytes
-            failure = f"cannot resolve {receiver.host}: {_describe(exc)}"
+        except OSError as exc:  # a gaierror saying why (resolver.py), or no usable address
+            failure = f"cannot resolve {receiver.host}: {_strerror(exc)}"
         async with self._configuring:
             if self._engine is None:
                 return  # closed meanwhile
@@ -683,8 +684,7 @@ class Sender:
             if want not in (None, family):
                 raise OSError(f"the source {receiver.source} is of another address family")
             return family, receiver.host
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
+        infos = await getaddrinfo(
             receiver.host, receiver.port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP
         )
         for family, _type, _proto, _name, sockaddr in infos:
@@ -794,15 +794,6 @@ def _log_bug(task: asyncio.Task[None]) -> None:
     """Log what a background lookup raised beyond what lookups are expected to raise."""
     if not task.cancelled() and task.exception() is not None:
         log.error("%s failed by an internal error", task.get_name(), exc_info=task.exception())
-
-
-def _describe(exc: Exception) -> str:
-    """Why a lookup failed, in a few words."""
-    if isinstance(exc, OSError):
-        return _strerror(exc)
-    if isinstance(exc, UnicodeError):
-        return f"not a valid host name ({exc})"
-    return str(exc) or type(exc).__name__
 
 
 def _is_address(host: str) -> bool:

@@ -57,7 +57,7 @@ def messages(config: model.Config, service: model.Service | None, index: int) ->
     ]
     return [
         builder.service_event(
-            kind=kind.value,
+            kind=kind,
             service=service,
             index=index,
             state=new.value,
