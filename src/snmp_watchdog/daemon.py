@@ -8,7 +8,11 @@ them (the service's new state and one outbox row per receiver) in one
 transaction before anything is sent; the results of one turn of the event
 loop share that transaction (one fsync for a burst of changes, not one per
 change), committed as soon as the turn's other callbacks have run. Other
-results are saved in batches once a second. A crash therefore never loses a
+results are saved in batches once a second. Every write goes through the async
+``StateStore`` interface, one write at a time in the order they were made (a
+turn's commit, a flush, a heartbeat's number, a reload's changes): with SQLite
+they never suspend, with a database server they may, and the order holds
+either way. A crash therefore never loses a
 notification and never repeats one for a state that did not change; the worst
 case is a lost second of counters.
 """
@@ -21,7 +25,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +44,7 @@ from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
 from snmp_watchdog.sdnotify import SystemdNotifier, keep_alive, watchdog_interval
 from snmp_watchdog.statusfiles import StatusFiles
+from snmp_watchdog.storage import SqliteStateStore, StateStore
 from snmp_watchdog.store import ENGINE_ID_IN_USE, Store, StoreError
 
 log = logging.getLogger("snmp_watchdog")
@@ -103,7 +108,7 @@ class Daemon:
         self.started = time.monotonic()
         self.config: Config | None = None
         self.scheduler: Scheduler | None = None
-        self.store: Store | None = None
+        self.store: StateStore | None = None
         self.notifier: Notifier | None = None
         self.status_files: StatusFiles | None = None
         self.agent: AgentRunner | None = None
@@ -111,7 +116,11 @@ class Daemon:
         self._dirty: dict[str, state.ServiceState] = {}
         # Results with notifications not yet committed (see ``_commit_changes``).
         self._changes: list[tuple[Service, state.ServiceState, list[_Event]]] = []
-        self._commit_soon: asyncio.Handle | None = None
+        self._turn: asyncio.Task[None] | None = None  # commits this turn's changes
+        self._turns: set[asyncio.Task[None]] = set()  # and those not finished yet
+        # One write at a time, in the order asked: a turn's commit, a flush, a
+        # heartbeat's number, a reload's changes.
+        self._writing = asyncio.Lock()
         self._store_failing = False
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -137,18 +146,18 @@ class Daemon:
             from snmp_watchdog.cluster_daemon import ClusterDaemon  # noqa: PLC0415 (psycopg)
 
             return await ClusterDaemon(config).run()
-        self.store = store = Store.open(config.settings.state_dir)
+        self.store = store = SqliteStateStore(Store.open(config.settings.state_dir))
         try:
             return await self._run(config, store)
         finally:
-            store.close()
+            await store.close()
 
-    async def _run(self, config: Config, store: Store) -> int:
-        initial = self._restore(config, store)
-        self._discard_orphans(config, store)
+    async def _run(self, config: Config, store: StateStore) -> int:
+        initial = await self._restore(config, store)
+        await self._discard_orphans(config, store)
         self.notifier = Notifier(config, store, started=self.started)
         await self.notifier.start()
-        self._record_engine_id(store)
+        await self._record_engine_id(store)
         try:
             await self._start_agent(config, initial)
         except BaseException:
@@ -192,7 +201,8 @@ class Daemon:
             await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
             if self.agent is not None:
                 self.agent.close()
-            self._flush()
+            await self._flush()
+            await asyncio.gather(*self._turns, return_exceptions=True)
             pending = self.notifier.dispatcher.pending()
             await self.notifier.close()
             if pending:
@@ -220,12 +230,12 @@ class Daemon:
         )
         return [asyncio.create_task(alive, name="keep-alive")]
 
-    def _restore(self, config: Config, store: Store) -> dict[str, state.ServiceState]:
-        saved = store.load_states(mono_now=time.monotonic(), wall_now=time.time())
+    async def _restore(self, config: Config, store: StateStore) -> dict[str, state.ServiceState]:
+        saved = await store.load_states(mono_now=time.monotonic(), wall_now=time.time())
         names = [svc.name for svc in config.services]
         gone = sorted(set(saved) - set(names))
         if gone:
-            store.forget(gone)
+            await store.forget(gone)
             log.info("forgot %d service(s) no longer configured: %s", len(gone), ", ".join(gone))
             down = [name for name in gone if saved[name].notified is state.State.DOWN]
             if down:
@@ -236,20 +246,20 @@ class Daemon:
                     "sent an Up flagged 'removed')",
                     ", ".join(down),
                 )
-        self.indexes = store.service_indexes(names)
+        self.indexes = await store.service_indexes(names)
         initial = {name: st for name, st in saved.items() if name in self.indexes}
         if initial:
-            log.info("resumed the state of %d service(s) from %s", len(initial), store.path)
+            log.info("resumed the state of %d service(s) from %s", len(initial), store.where)
         return initial
 
-    def _discard_orphans(self, config: Config, store: Store) -> None:
+    async def _discard_orphans(self, config: Config, store: StateStore) -> None:
         """Drop the informs still queued for receivers the configuration no longer has."""
         configured = {r.name for r in config.receivers}
-        for name, count in sorted(store.pending_counts().items()):
+        for name, count in sorted((await store.pending_counts()).items()):
             if name in configured:
                 continue
             try:
-                store.discard(name)
+                await store.discard(name)
             except StoreError as exc:
                 log.error("cannot discard the informs of removed receiver %s: %s", name, exc)
                 continue
@@ -259,11 +269,11 @@ class Daemon:
                 count,
             )
 
-    def _record_engine_id(self, store: Store) -> None:
+    async def _record_engine_id(self, store: StateStore) -> None:
         """Save the engine ID in use: what ``watchdog status`` shows and prints createUser for."""
         assert self.notifier is not None
         try:
-            store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
+            await store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
         except StoreError as exc:
             self._store_failed(exc)
 
@@ -346,9 +356,9 @@ class Daemon:
         old = self.config
         assert old is not None
         config = self._keep_restart_only_settings(config, old)
-        self._flush()
+        await self._flush()
         try:  # the only step that can fail: before anything changes
-            indexes = self.store.service_indexes(svc.name for svc in config.services)
+            indexes = await self.store.service_indexes(svc.name for svc in config.services)
         except StoreError as exc:
             log.error("reload rejected: %s", exc)
             log.error("reload rejected: keeping the running configuration")
@@ -359,22 +369,24 @@ class Daemon:
         # Receivers first, so that a new service's first notification finds its receiver.
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
-        # From here on nothing awaits: no check result comes in halfway.
-        self._commit_changes()  # under the configuration that produced them
-        told = self._what_receivers_must_be_told(old, config)
-        added, changed, removed = self.scheduler.update(config.services)
-        self.indexes = indexes
-        if self.agent is not None:
-            self.agent.load(config, self.scheduler.states(), indexes)
-        for name in removed:
-            self._dirty.pop(name, None)
-        store = self.store
-        forget = (lambda: store.forget(removed)) if removed else None
-        if not self._queue(told, save=forget) and removed:
-            try:  # the notifications went from memory; forget in a transaction of its own
-                store.forget(removed)
-            except StoreError as exc:  # forgotten at the next start instead
-                self._store_failed(exc)
+        async with self._writing:
+            # Under the configuration that produced them; then, with SQLite, nothing
+            # suspends: no check result comes in halfway.
+            await self._commit_pending()
+            told = self._what_receivers_must_be_told(old, config)
+            added, changed, removed = self.scheduler.update(config.services)
+            self.indexes = indexes
+            if self.agent is not None:
+                self.agent.load(config, self.scheduler.states(), indexes)
+            for name in removed:
+                self._dirty.pop(name, None)
+            store = self.store
+            forget = (lambda: store.forget(removed)) if removed else None
+            if not await self._queue(told, save=forget) and removed:
+                try:  # the notifications went from memory; forget in a transaction of its own
+                    await store.forget(removed)
+                except StoreError as exc:  # forgotten at the next start instead
+                    self._store_failed(exc)
         if self.status_files is not None:
             for name in removed:
                 self.status_files.forget(name)
@@ -521,40 +533,56 @@ class Daemon:
         self._dirty.pop(svc.name, None)
         index = self.indexes[svc.name]
         self._changes.append((svc, st, [_Event(svc, index, note) for note in notes]))
-        if self._commit_soon is None:
-            self._commit_soon = asyncio.get_running_loop().call_soon(self._commit_changes)
+        if self._turn is None:
+            # A task's first step runs once the callbacks already due have run: the
+            # turn's other results join this commit.
+            self._turn = asyncio.get_running_loop().create_task(self._commit_changes())
+            self._turns.add(self._turn)
+            self._turn.add_done_callback(self._turn_done)
 
-    def _commit_changes(self) -> None:
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        self._turns.discard(task)
+        if self._turn is task:
+            self._turn = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("commit failed with an internal error", exc_info=task.exception())
+
+    async def _commit_changes(self) -> None:
+        """Commit the pending results with notifications (after the writes asked before)."""
+        async with self._writing:
+            await self._commit_pending()
+
+    async def _commit_pending(self) -> None:
         """Commit the pending results with notifications in one transaction, then queue them.
 
-        Called once the loop turn that produced them has run its other
-        callbacks, and before anything else writes or numbers notifications
-        (a flush, a reload, a heartbeat, the stop), so the order is kept.
-        When the transaction fails, the notifications go out from memory and
-        the states wait for the next flush, as for a single result.
+        Called (holding ``_writing``) once the loop turn that produced them has
+        run its other callbacks, and before anything else writes or numbers
+        notifications (a flush, a reload, a heartbeat, the stop), so the order
+        is kept. When the transaction fails, the notifications go out from
+        memory and the states wait for the next flush, as for a single result.
         """
-        if self._commit_soon is not None:
-            self._commit_soon.cancel()
-            self._commit_soon = None
         if not self._changes:
             return
         assert self.store is not None
         changes, self._changes = self._changes, []
+        self._turn = None  # results from now on open the next turn (its own task)
         store = self.store
 
-        def save() -> None:
-            store.save_states(
+        async def save() -> None:
+            await store.save_states(
                 ((svc.name, st) for svc, st, _ in changes),
                 mono_now=time.monotonic(),
                 wall_now=time.time(),
             )
 
-        if not self._queue([e for _, _, events in changes for e in events], save=save):
+        if not await self._queue([e for _, _, events in changes for e in events], save=save):
             for svc, st, _ in changes:
                 # Saved at the next flush, unless a later result of the turn is there already.
                 self._dirty.setdefault(svc.name, st)
 
-    def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
+    async def _queue(
+        self, events: list[_Event], *, save: Callable[[], Awaitable[None]] | None = None
+    ) -> bool:
         """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
 
         When the transaction fails nothing was queued: the events go out from
@@ -566,37 +594,40 @@ class Daemon:
             return True
         before = self.notifier.last_sequence
         try:
-            with self.store.transaction():
+            async with self.store.transaction():
                 if save is not None:
-                    save()
+                    await save()
                 for e in events:
-                    self.notifier.service_event(
+                    await self.notifier.service_event(
                         e.service, e.row, e.note, flags=e.flags, receivers=e.receivers
                     )
         except StoreError as exc:
             self._store_failed(exc)
             self.notifier.last_sequence = before
             for e in events:
-                self.notifier.service_event(
+                await self.notifier.service_event(
                     e.service, e.row, e.note, flags=e.flags, receivers=e.receivers, durable=False
                 )
             return False
         self._store_recovered()
         return True
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         """Save the states that changed without a notification, in one transaction."""
-        self._commit_changes()  # first: a state saved later must not be overwritten by it
-        if not self._dirty or self.store is None:
-            return
-        dirty, self._dirty = self._dirty, {}
-        try:
-            self.store.save_states(dirty.items(), mono_now=time.monotonic(), wall_now=time.time())
-        except StoreError as exc:
-            self._store_failed(exc)
-            self._dirty = {**dirty, **self._dirty}
-            return
-        self._store_recovered()
+        async with self._writing:
+            await self._commit_pending()  # first: a state saved later must not be overwritten
+            if not self._dirty or self.store is None:
+                return
+            dirty, self._dirty = self._dirty, {}
+            try:
+                await self.store.save_states(
+                    dirty.items(), mono_now=time.monotonic(), wall_now=time.time()
+                )
+            except StoreError as exc:
+                self._store_failed(exc)
+                self._dirty = {**dirty, **self._dirty}
+                return
+            self._store_recovered()
 
     def _store_failed(self, exc: StoreError) -> None:
         if not self._store_failing:
@@ -616,16 +647,15 @@ class Daemon:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            self._flush()
+            await self._flush()
 
     async def _heartbeat_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            self._commit_changes()  # numbered before the heartbeat, as they happened
-            counts = self._counts()
-            assert self.store is not None
             assert self.notifier is not None
-            message = self.notifier.heartbeat(**counts)
+            async with self._writing:
+                await self._commit_pending()  # numbered before the heartbeat, as they happened
+                message = await self.notifier.heartbeat(**self._counts())
             log.info("heartbeat #%d", message.sequence)
 
     def _counts(self) -> dict[str, int]:

@@ -7,10 +7,10 @@ Rules:
   gap. A number handed out while the database could not be written is kept in
   memory and the stored sequence continues above it; a restart continues
   after the last stored number, never below it.
-* ``service_event`` and ``heartbeat`` only write to the durable outbox (inside
-  the caller's transaction, with the state that produced them) and return;
-  the dispatcher's per-receiver workers deliver. Nothing here waits for the
-  network.
+* ``service_event`` only writes to the durable outbox (inside the caller's
+  transaction, with the state that produced it) and returns; ``heartbeat``
+  only queues in memory; the dispatcher's per-receiver workers deliver.
+  Nothing here waits for the network. The store is the async ``StateStore``.
 * A service's notifications go to its own receivers; heartbeats to all.
 """
 
@@ -19,15 +19,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from snmp_watchdog import model, state
 from snmp_watchdog.notify.durable import StoreQueue
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
-from snmp_watchdog.notify.outbox import Dispatcher
+from snmp_watchdog.notify.outbox import Dispatcher, Pending, describe
 from snmp_watchdog.notify.sender import Sender
-from snmp_watchdog.store import Store, StoreError
+from snmp_watchdog.store import StoreError
+
+if TYPE_CHECKING:
+    from snmp_watchdog.storage import StateStore
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -38,41 +42,47 @@ def wall_time(mono: float, *, clock: Callable[[], float] = time.monotonic) -> fl
 
 
 class Notifier:
-    def __init__(self, config: model.Config, store: Store, *, started: float) -> None:
+    def __init__(self, config: model.Config, store: StateStore, *, started: float) -> None:
         self._store = store
         self._started = started
         self._builder = MessageBuilder(Oids(config.settings.oid_root))
         self._all = tuple(r.name for r in config.receivers)
-        # The last number used, also while the store was failing.
-        self.last_sequence = store.last_sequence()
+        # The last number used, also while the store was failing (read by ``start``).
+        self.last_sequence = 0
         self.sender = Sender(config.settings, config.receivers, started=started)
+        self._queues: dict[str, StoreQueue] = {}  # the dispatcher's, to write to
         self.dispatcher = Dispatcher(
-            self.sender,
-            config.receivers,
-            log=log,
-            queue_factory=lambda name: StoreQueue(store, name),
+            self.sender, config.receivers, log=log, queue_factory=self._queue
         )
 
+    def _queue(self, name: str) -> StoreQueue:
+        queue = self._queues[name] = StoreQueue(self._store, name)
+        return queue
+
     async def start(self) -> None:
+        self.last_sequence = await self._store.last_sequence()
         await self.sender.start()
         log.info(
             "SNMP engine ID %s (boots %d)",
             format_engine_id(self.sender.engine_id),
             self.sender.engine_boots,
         )
-        self.dispatcher.resume()
-        waiting = self.dispatcher.pending()
+        waiting = 0
+        for name, count in (await self._store.pending_counts()).items():
+            if name in self._all and count:
+                self.dispatcher.wake(name)
+                waiting += await self._queues[name].count()
         if waiting:
             log.info("%d notification(s) from before the restart are being delivered", waiting)
 
-    def _sequence(self, durable: bool) -> int:
+    async def _sequence(self, durable: bool) -> int:
         if durable:
-            self.last_sequence = self._store.next_sequence(above=self.last_sequence)
+            self.last_sequence = await self._store.next_sequence(above=self.last_sequence)
         else:
             self.last_sequence += 1
         return self.last_sequence
 
-    def service_event(
+    async def service_event(
         self,
         svc: model.Service,
         index: int,
@@ -99,23 +109,31 @@ class Notifier:
             count=note.count,
             elapsed=note.elapsed,
             at_wall=wall_time(note.at),
-            sequence=self._sequence(durable),
+            sequence=await self._sequence(durable),
             flags="reminder" if note.reminder else flags,
         )
         targets = svc.receivers if receivers is None else receivers
-        self.dispatcher.submit(message, targets, volatile=not durable)
+        if not durable:
+            self.dispatcher.submit(message, targets, volatile=True)
+            return message
+        now = time.monotonic()
+        for name in targets:
+            if not self.dispatcher.wake(name):
+                log.warning("%s: no receiver named %r", describe(message), name)
+                continue
+            await self._queues[name].write(Pending(name, message, now))
         return message
 
-    def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
+    async def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
         """Queue a heartbeat for every receiver (in memory: a missed one has no value later).
 
         Its number is taken from the stored sequence like any other, so that
         a restart does not hand it out again.
         """
         try:
-            sequence = self._sequence(durable=True)
+            sequence = await self._sequence(durable=True)
         except StoreError:
-            sequence = self._sequence(durable=False)
+            sequence = await self._sequence(durable=False)
         message = self._builder.heartbeat(
             sequence=sequence,
             up=up,
@@ -135,4 +153,6 @@ class Notifier:
 
     async def close(self) -> None:
         await self.dispatcher.close()
+        for queue in self._queues.values():
+            await queue.settle()
         await self.sender.close()
