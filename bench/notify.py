@@ -78,7 +78,7 @@ from pysnmp.hlapi.v3arch import asyncio as hlapi
 from _sink import Counter, Trapd, V3User, varbind
 from snmp_watchdog import model, state
 from snmp_watchdog.cli import setup_logging
-from snmp_watchdog.daemon import Daemon, settle_memory
+from snmp_watchdog.daemon import Daemon, Standalone, settle_memory
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, Oids
 from snmp_watchdog.notify.notifier import Notifier, wall_time
@@ -411,6 +411,7 @@ class TurnPath:
         self._daemon = Daemon(config.path)
         self._daemon.config = config
         self._daemon.store = store
+        self._daemon.placement = Standalone(store)
         self._daemon.notifier = notifier
         self._daemon.indexes = indexes
         self._services = services

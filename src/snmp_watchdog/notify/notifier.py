@@ -16,17 +16,18 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from snmp_watchdog import model, state
 from snmp_watchdog.notify.durable import StoreQueue
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
-from snmp_watchdog.notify.outbox import Dispatcher, Pending, describe
+from snmp_watchdog.notify.outbox import Dispatcher, Pending, PendingQueue, describe
 from snmp_watchdog.notify.sender import Sender
 from snmp_watchdog.store import StoreError
 
@@ -41,8 +42,57 @@ def wall_time(mono: float, *, clock: Callable[[], float] = time.monotonic) -> fl
     return time.time() - (clock() - mono)
 
 
+class OutboxQueue(PendingQueue, Protocol):
+    """A receiver's queue in the store's outbox, which the notifier writes to."""
+
+    async def write(self, item: Pending) -> int:
+        """Write ``item`` to the outbox, in the caller's transaction; its row id."""
+        ...
+
+    async def count(self) -> int:
+        """How many wait, counted in the store."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait for the queue's own writes started so far."""
+        ...
+
+
+class DispatcherFactory(Protocol):
+    def __call__(
+        self,
+        sender: Sender,
+        receivers: Sequence[model.Receiver],
+        queue_factory: Callable[[str], PendingQueue],
+    ) -> Dispatcher: ...
+
+
+def _dispatcher(
+    sender: Sender,
+    receivers: Sequence[model.Receiver],
+    queue_factory: Callable[[str], PendingQueue],
+) -> Dispatcher:
+    return Dispatcher(sender, receivers, log=log, queue_factory=queue_factory)
+
+
 class Notifier:
-    def __init__(self, config: model.Config, store: StateStore, *, started: float) -> None:
+    """Numbers notifications, writes them to the outbox and owns their delivery.
+
+    ``queue`` makes a receiver's queue (the default: ``StoreQueue``, this
+    process's own delivery), ``dispatcher`` the dispatcher; ``resume``: at
+    ``start``, deliver what the outbox holds.
+    """
+
+    def __init__(
+        self,
+        config: model.Config,
+        store: StateStore,
+        *,
+        started: float,
+        queue: Callable[[str], OutboxQueue] | None = None,
+        dispatcher: DispatcherFactory = _dispatcher,
+        resume: bool = True,
+    ) -> None:
         self._store = store
         self._started = started
         self._builder = MessageBuilder(Oids(config.settings.oid_root))
@@ -50,14 +100,28 @@ class Notifier:
         # The last number used, also while the store was failing (read by ``start``).
         self.last_sequence = 0
         self.sender = Sender(config.settings, config.receivers, started=started)
-        self._queues: dict[str, StoreQueue] = {}  # the dispatcher's, to write to
-        self.dispatcher = Dispatcher(
-            self.sender, config.receivers, log=log, queue_factory=self._queue
-        )
+        self._make_queue = queue or (lambda name: StoreQueue(store, name))
+        self._resume = resume
+        self._queues: dict[str, OutboxQueue] = {}  # the dispatcher's, to write to
+        self.dispatcher = dispatcher(self.sender, config.receivers, self._queue)
 
-    def _queue(self, name: str) -> StoreQueue:
-        queue = self._queues[name] = StoreQueue(self._store, name)
+    def _queue(self, name: str) -> OutboxQueue:
+        queue = self._queues[name] = self._make_queue(name)
         return queue
+
+    @contextlib.asynccontextmanager
+    async def numbering(self) -> AsyncIterator[None]:
+        """Around a transaction that numbers notifications: if it fails, so do the numbers.
+
+        The numbers it took are handed out again (the store's sequence rolled
+        back with it), so that notifications sent from memory instead keep them.
+        """
+        before = self.last_sequence
+        try:
+            yield
+        except BaseException:
+            self.last_sequence = before
+            raise
 
     async def start(self) -> None:
         self.last_sequence = await self._store.last_sequence()
@@ -67,6 +131,8 @@ class Notifier:
             format_engine_id(self.sender.engine_id),
             self.sender.engine_boots,
         )
+        if not self._resume:
+            return
         waiting = 0
         for name, count in (await self._store.pending_counts()).items():
             if name in self._all and count:
@@ -95,8 +161,8 @@ class Notifier:
         """Queue the notification for the service's receivers (or ``receivers``).
 
         ``durable`` (the default) writes it to the outbox: call it inside the
-        transaction that saves the state. If that transaction fails, set
-        ``last_sequence`` back and call again with ``durable=False``.
+        transaction that saves the state, within ``numbering()``. If that
+        transaction fails, call again with ``durable=False``.
         """
         message = self._builder.service_event(
             kind=note.kind.value,  # the MIB's names: down, up, flapping, ...
@@ -116,24 +182,34 @@ class Notifier:
         if not durable:
             self.dispatcher.submit(message, targets, volatile=True)
             return message
+        await self._write(message, targets)
+        return message
+
+    async def _write(self, message: Message, targets: Sequence[str]) -> None:
         now = time.monotonic()
         for name in targets:
             if not self.dispatcher.wake(name):
                 log.warning("%s: no receiver named %r", describe(message), name)
                 continue
             await self._queues[name].write(Pending(name, message, now))
-        return message
 
-    async def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
+    async def heartbeat(
+        self, *, up: int, down: int, unknown: int, durable: bool = False
+    ) -> Message:
         """Queue a heartbeat for every receiver (in memory: a missed one has no value later).
 
         Its number is taken from the stored sequence like any other, so that
-        a restart does not hand it out again.
+        a restart does not hand it out again. ``durable``: written to the
+        outbox like a service's notification instead (in the caller's
+        transaction, within ``numbering()``), for whoever delivers it.
         """
-        try:
+        if durable:
             sequence = await self._sequence(durable=True)
-        except StoreError:
-            sequence = await self._sequence(durable=False)
+        else:
+            try:
+                sequence = await self._sequence(durable=True)
+            except StoreError:
+                sequence = await self._sequence(durable=False)
         message = self._builder.heartbeat(
             sequence=sequence,
             up=up,
@@ -141,7 +217,10 @@ class Notifier:
             unknown=unknown,
             uptime=time.monotonic() - self._started,
         )
-        self.dispatcher.submit(message, self._all, volatile=True)
+        if durable:
+            await self._write(message, self._all)
+        else:
+            self.dispatcher.submit(message, self._all, volatile=True)
         return message
 
     async def reconfigure(self, config: model.Config) -> None:
