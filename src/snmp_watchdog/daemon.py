@@ -660,14 +660,10 @@ class Daemon:
         result: CheckResult,
         notes: tuple[state.Notification, ...],
     ) -> None:
-        assert self.scheduler is not None
         assert self.placement is not None
-        slot = self.scheduler.slots.get(svc.name)
-        if slot is None or slot.service is not svc or not self.placement.owns(svc.name):
-            # A check that was running when a reload removed or redefined its service
-            # (the service is gone, or its new definition decides from its own checks),
-            # or when it was handed over to another node.
-            log.debug("check %s: result of the previous configuration ignored", svc.name)
+        if not self.placement.owns(svc.name):
+            # Handed over to another node while the check ran (its slot goes next).
+            log.debug("check %s: result of a service handed over ignored", svc.name)
             return
         if self.agent is not None:
             self.agent.result(svc, st, result)
