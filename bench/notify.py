@@ -79,7 +79,7 @@ from _sink import Counter, Trapd, V3User, varbind
 from snmp_watchdog import model, state
 from snmp_watchdog.cli import setup_logging
 from snmp_watchdog.clocks import wall_time
-from snmp_watchdog.daemon import Daemon, settle_memory
+from snmp_watchdog.daemon import Daemon, Standalone, settle_memory
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import SNMP_TRAP_OID, Oids
 from snmp_watchdog.notify.notifier import Notifier
@@ -87,6 +87,7 @@ from snmp_watchdog.notify.outbox import Dispatcher
 from snmp_watchdog.notify.sender import Sender
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.snmp import Mode, Version
+from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 
 COMMUNITY = "public"
@@ -368,7 +369,7 @@ class DaemonPath:
         self,
         *,
         notifier: Notifier,
-        store: Store,
+        store: SqliteStateStore,
         services: Sequence[model.Service],
         indexes: dict[str, int],
         target: str,
@@ -379,21 +380,21 @@ class DaemonPath:
         self._receiver, self._problems = target, problems
         self._turn = 0
 
-    def submit(self, i: int) -> None:
+    async def submit(self, i: int) -> None:
         """What ``Daemon._persist_and_notify`` does for one confirmed change."""
         svc = self._services[i % len(self._services)]
         n = note(self._turn)
         self._turn += 1
-        with self._store.transaction():
-            self._store.save_state(
+        async with self._store.transaction():
+            await self._store.save_state(
                 svc.name, saved_state(n), mono_now=time.monotonic(), wall_now=time.time()
             )
-            self._notifier.service_event(svc, self._indexes[svc.name], n)
+            await self._notifier.service_event(svc, self._indexes[svc.name], n)
 
     async def send(self, count: int) -> int:
         before = self._problems.count
         for i in range(count):
-            self.submit(i)
+            await self.submit(i)
         return await delivered(self._notifier.dispatcher, self._receiver, self._problems, before)
 
 
@@ -405,13 +406,14 @@ class TurnPath:
         *,
         config: model.Config,
         notifier: Notifier,
-        store: Store,
+        store: SqliteStateStore,
         services: Sequence[model.Service],
         indexes: dict[str, int],
     ) -> None:
         self._daemon = Daemon(config.path)
         self._daemon.config = config
         self._daemon.store = store
+        self._daemon.placement = Standalone(store)
         self._daemon.notifier = notifier
         self._daemon.indexes = indexes
         self._services = services
@@ -424,9 +426,9 @@ class TurnPath:
         self._turn += 1
         self._daemon._persist_and_notify(svc, saved_state(n), (n,))
 
-    def end_of_turn(self) -> None:
+    async def end_of_turn(self) -> None:
         """What the loop runs once the turn's callbacks are done."""
-        self._daemon._commit_changes()
+        await self._daemon._commit_changes()
 
 
 # -- throughput -----------------------------------------------------------------------
@@ -466,12 +468,12 @@ async def wait_counted(bench: Bench, patience: float = 3.0) -> dict[int, int]:
 
 async def variants_for(
     bench: Bench, kind: Kind, *, engine: Any, sender: Sender, dispatcher: Dispatcher,
-    notifier: Notifier, store: Store, ports: dict[str, int],
+    notifier: Notifier, store: SqliteStateStore, ports: dict[str, int],
 ) -> list[tuple[Variant, int | None]]:  # fmt: skip
     """The five variants of one kind, each with the sink port it sends to (None: snmptrapd)."""
     pool = messages(kind, 100)
     services = [service(kind, i, f"daemon-{kind.slug}") for i in range(100)]
-    indexes = store.service_indexes(s.name for s in services)
+    indexes = await store.service_indexes(s.name for s in services)
     out: list[tuple[Variant, int | None]] = []
     for variant in (
         Hlapi(engine, kind, ports["pysnmp"], pool, reuse=False),
@@ -531,7 +533,7 @@ async def throughput(bench: Bench) -> dict[tuple[str, str], Best]:
             receivers[prefix].append(
                 receiver(f"{prefix}-{kind.slug}", kind, ports[kind.slug][label])
             )
-    store = Store.open(state_dir)
+    store = SqliteStateStore(Store.open(state_dir))
     config = model.Config(
         path=Path("bench.yaml"),
         settings=model.Settings(state_dir=state_dir),
@@ -552,7 +554,7 @@ async def throughput(bench: Bench) -> dict[tuple[str, str], Best]:
         await dispatcher.close()
         await sender.close()
         await notifier.close()
-        store.close()
+        await store.close()
         engine.close_dispatcher()
 
     bench.cleanup.append(close)
@@ -649,7 +651,7 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
     """
     base = bench.root / f"burst-{kind.slug}-{run}-{'turn' if per_turn else 'change'}"
     trapd = Trapd(base / "snmptrapd", communities=(COMMUNITY,), users=(TRAPD_USER,)).start()
-    store = Store.open(base / "state")
+    store = SqliteStateStore(Store.open(base / "state"))
     target = receiver("nms", kind, trapd.port)
     services = [service(kind, i, target.name) for i in range(BURST)]
     config = model.Config(
@@ -661,7 +663,7 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
     notifier = Notifier(config, store, started=time.monotonic())
     try:
         await notifier.start()
-        indexes = store.service_indexes(s.name for s in services)
+        indexes = await store.service_indexes(s.name for s in services)
         path = DaemonPath(
             notifier=notifier,
             store=store,
@@ -711,10 +713,10 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
         if per_turn:
             for i in range(BURST):
                 turn.submit(i)
-            turn.end_of_turn()
+            await turn.end_of_turn()
         else:
             for i in range(BURST):
-                path.submit(i)
+                await path.submit(i)
         submitted = time.perf_counter() - t0
         # From here on the loop is free to run other tasks: does delivery let it?
         ticking = asyncio.create_task(ticker(time.perf_counter()))
@@ -747,7 +749,7 @@ async def burst_once(bench: Bench, kind: Kind, run: int, *, per_turn: bool) -> B
         )
     finally:
         await notifier.close()
-        store.close()
+        await store.close()
         trapd.stop()
 
 
@@ -805,10 +807,10 @@ LAYERS = (
     ("  MessageBuilder.service_event", "notify/message.py", "service_event"),
     ("  Store.save_states", "snmp_watchdog/store.py", "save_states"),
     ("  Store.next_sequence", "snmp_watchdog/store.py", "next_sequence"),
-    ("  StoreQueue.append (JSON, INSERT)", "notify/durable.py", "append"),
+    ("  StoreQueue.write (JSON, INSERT)", "notify/durable.py", "write"),
     ("deliver: Dispatcher worker", "notify/outbox.py", "_work"),
     ("  StoreQueue.head (SELECT, JSON)", "notify/durable.py", "head"),
-    ("  StoreQueue.remove (DELETE, fsync)", "notify/durable.py", "remove"),
+    ("  StoreQueue.remove (DELETE, fsync)", "notify/durable.py", "_delete"),
     ("  Sender.send (pysnmp)", "notify/sender.py", "send"),
     ("  logging", "logging/__init__.py", "info"),
 )

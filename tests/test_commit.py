@@ -13,11 +13,12 @@ from pathlib import Path
 
 from snmp_watchdog import state
 from snmp_watchdog.config import load_config
-from snmp_watchdog.daemon import Daemon
+from snmp_watchdog.daemon import Daemon, Standalone
 from snmp_watchdog.notify.notifier import Notifier
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import policy_for
+from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 from tests.helpers import run_bounded
 from tests.snmptrapd import Snmptrapd
@@ -61,9 +62,10 @@ def test_changes_of_one_loop_turn_are_saved_in_one_commit_before_they_are_sent(
         daemon = Daemon(path)
         daemon.config = config
         with Store.open(config.settings.state_dir) as store:
-            daemon.store = store
+            daemon.store = SqliteStateStore(store)
+            daemon.placement = Standalone(daemon.store)
             daemon.indexes = store.service_indexes(s.name for s in config.services)
-            daemon.notifier = notifier = Notifier(config, store, started=time.monotonic())
+            daemon.notifier = notifier = Notifier(config, daemon.store, started=time.monotonic())
             await notifier.start()
             statements: list[str] = []
             store._db.set_trace_callback(statements.append)  # SQLite's own trace

@@ -36,6 +36,7 @@ from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.snmp import Version
 from snmp_watchdog.state import Kind
+from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 from tests.helpers import Daemon, SmtpServer, free_tcp_port, pending_rows
 from tests.snmptrapd import Received, Snmptrapd
@@ -354,12 +355,12 @@ def test_a_notification_kept_in_memory_is_not_overtaken_by_one_stored_later(
 
     async def scenario() -> list[int]:
         with Store.open(tmp_path / "state") as store:
-            queue = StoreQueue(store, "nms")
-            queue.append(Pending("nms", _message(1), time.monotonic()))
+            queue = StoreQueue(SqliteStateStore(store), "nms")
+            await queue.write(Pending("nms", _message(1), time.monotonic()))
             order = []
             item = await _head(queue)  # #1 is being delivered (a receiver away) ...
             queue.append_volatile(Pending("nms", _message(2), time.monotonic()))
-            queue.append(Pending("nms", _message(3), time.monotonic()))
+            await queue.write(Pending("nms", _message(3), time.monotonic()))
             while len(queue):  # ... and then all of them leave
                 order.append(item.message.sequence)
                 queue.remove(item)
@@ -381,10 +382,10 @@ def test_stored_notifications_are_decoded_one_at_a_time_as_they_reach_the_head(
 
     async def scenario() -> tuple[int, int, list[int]]:
         with Store.open(tmp_path / "state") as store:
-            queue = StoreQueue(store, "nms")
-            queue.append(Pending("nms", _message(1), time.monotonic()))
+            queue = StoreQueue(SqliteStateStore(store), "nms")
+            await queue.write(Pending("nms", _message(1), time.monotonic()))
             broken = store.enqueue("nms", b"not json", created=time.time(), sequence=2)
-            queue.append(Pending("nms", _message(3), time.monotonic()))
+            await queue.write(Pending("nms", _message(3), time.monotonic()))
             first = await _head(queue)
             still_stored = [row.id for row in store.pending("nms", 10)]
             queue.remove(first)
@@ -423,7 +424,11 @@ def test_a_wall_clock_step_neither_ages_nor_rejuvenates_waiting_notifications(
     async def scenario() -> list[tuple[int, float, float]]:
         with Store.open(tmp_path / "state") as store:
             queue = StoreQueue(
-                store, "nms", window=10, clock=lambda: clocks.mono, wall=lambda: clocks.wall
+                SqliteStateStore(store),
+                "nms",
+                window=10,
+                clock=lambda: clocks.mono,
+                wall=lambda: clocks.wall,
             )
             made = {}
             for n in range(1, 31):
@@ -432,7 +437,7 @@ def test_a_wall_clock_step_neither_ages_nor_rejuvenates_waiting_notifications(
                 if n == 21:
                     clocks.wall -= 3600  # an operator sets it back an hour
                 made[n] = clocks.mono
-                queue.append(Pending("nms", _message(n), clocks.mono))
+                await queue.write(Pending("nms", _message(n), clocks.mono))
                 clocks.tick(1.0)
             clocks.wall += 86400  # and once more before anything is read
             seen = []
@@ -454,14 +459,18 @@ def test_after_a_restart_waiting_notifications_keep_their_age(tmp_path: Path) ->
 
     async def scenario() -> list[float]:
         with Store.open(tmp_path / "state") as store:
-            first = StoreQueue(store, "nms", clock=lambda: clocks.mono, wall=lambda: clocks.wall)
-            first.append(Pending("nms", _message(1), clocks.mono))
+            first = StoreQueue(
+                SqliteStateStore(store), "nms", clock=lambda: clocks.mono, wall=lambda: clocks.wall
+            )
+            await first.write(Pending("nms", _message(1), clocks.mono))
             clocks.wall += 7200  # the clock runs two hours ahead ...
-            first.append(Pending("nms", _message(2), clocks.mono))
+            await first.write(Pending("nms", _message(2), clocks.mono))
         clocks.mono = 10.0  # a reboot: a new monotonic clock
         clocks.wall += -7200 + 600  # ... ten minutes later, the clock is right again
         with Store.open(tmp_path / "state") as store:
-            second = StoreQueue(store, "nms", clock=lambda: clocks.mono, wall=lambda: clocks.wall)
+            second = StoreQueue(
+                SqliteStateStore(store), "nms", clock=lambda: clocks.mono, wall=lambda: clocks.wall
+            )
             ages = []
             for _ in range(2):
                 item = await _head(second)

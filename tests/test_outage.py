@@ -22,6 +22,7 @@ from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import Kind
+from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 from tests.helpers import (
     Daemon,
@@ -250,7 +251,7 @@ def test_heartbeats_waiting_for_a_receiver_that_is_away_do_not_pile_up(tmp_path:
 
     async def scenario() -> list[int]:
         with Store.open(tmp_path / "state") as store:
-            queue = StoreQueue(store, "nms")
+            queue = StoreQueue(SqliteStateStore(store), "nms")
             for n in range(1, 1001):
                 queue.append_volatile(heartbeat(n))
             assert len(queue) == 2

@@ -58,8 +58,14 @@ class Recorder:
         self.starts[s.name].append(loop.time())
         return self.outcome(s, len(self.starts[s.name]))
 
-    def notify(self, s: Service, st: state.ServiceState, note: state.Notification) -> None:
-        self.notes.append((s.name, note))
+    def result(
+        self,
+        s: Service,
+        st: state.ServiceState,
+        result: CheckResult,
+        notes: tuple[state.Notification, ...],
+    ) -> None:
+        self.notes += [(s.name, note) for note in notes]
 
 
 async def run_for(sched: Scheduler, seconds: float) -> None:
@@ -73,9 +79,7 @@ def test_stable_service_is_checked_every_interval() -> None:
     rec = Recorder()
 
     async def main() -> None:
-        sched = Scheduler(
-            [svc("a", interval=0.1, rise=1)], check=rec.check, on_notification=rec.notify
-        )
+        sched = Scheduler([svc("a", interval=0.1, rise=1)], check=rec.check, on_result=rec.result)
         await run_for(sched, 0.75)
 
     run(main())
@@ -94,7 +98,7 @@ def test_retry_interval_while_a_change_is_confirmed() -> None:
         sched = Scheduler(
             [svc("a", interval=0.3, retry_interval=0.05, rise=2, fall=3)],
             check=rec.check,
-            on_notification=rec.notify,
+            on_result=rec.result,
         )
         await run_for(sched, 0.9)
 
@@ -114,9 +118,7 @@ def test_jitter_spreads_first_checks() -> None:
     services = [svc(f"s{i}", interval=1.0, jitter=0.5) for i in range(200)]
 
     async def main() -> None:
-        sched = Scheduler(
-            services, check=rec.check, on_notification=rec.notify, rng=random.Random(1)
-        )
+        sched = Scheduler(services, check=rec.check, on_result=rec.result, rng=random.Random(1))
         await run_for(sched, 0.6)
 
     run(main())
@@ -150,7 +152,7 @@ def test_max_in_flight_is_a_cap_and_a_hung_check_delays_no_one() -> None:
     async def main() -> float:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        sched = Scheduler(services, check=check, on_notification=lambda *a: None, max_in_flight=4)
+        sched = Scheduler(services, check=check, max_in_flight=4)
         await run_for(sched, 0.8)
         return t0
 
@@ -172,7 +174,7 @@ def test_stop_cancels_checks_in_flight() -> None:
         return OK
 
     async def main() -> None:
-        sched = Scheduler([svc("a"), svc("b")], check=check, on_notification=lambda *a: None)
+        sched = Scheduler([svc("a"), svc("b")], check=check)
         await run_for(sched, 0.2)
 
     run(main(), timeout=3.0)
@@ -188,7 +190,7 @@ def test_a_bug_in_a_check_is_logged_and_the_service_keeps_its_state(caplog: Any)
         raise ZeroDivisionError("bug")
 
     async def main() -> Scheduler:
-        sched = Scheduler([svc("a", interval=0.1)], check=check, on_notification=lambda *a: None)
+        sched = Scheduler([svc("a", interval=0.1)], check=check)
         await run_for(sched, 0.35)
         return sched
 
@@ -203,7 +205,7 @@ def test_update_keeps_unchanged_state_forgets_removed_starts_new_unknown() -> No
 
     async def main() -> Scheduler:
         a, b = svc("a", rise=1), svc("b", rise=1)
-        sched = Scheduler([a, b], check=rec.check, on_notification=rec.notify)
+        sched = Scheduler([a, b], check=rec.check, on_result=rec.result)
         task = asyncio.create_task(sched.run())
         await asyncio.sleep(0.1)
         assert sched.states()["a"].state is state.State.UP
@@ -241,7 +243,7 @@ def test_max_in_flight_follows_a_reload_both_ways() -> None:
     services = [svc(f"s{i}", interval=0.05) for i in range(20)]
 
     async def main() -> tuple[int, int, int]:
-        sched = Scheduler(services, check=check, on_notification=lambda *a: None, max_in_flight=2)
+        sched = Scheduler(services, check=check, max_in_flight=2)
         task = asyncio.create_task(sched.run())
         await asyncio.sleep(0.3)
         low = max(peaks)
@@ -270,9 +272,7 @@ def test_stop_while_waiting_for_a_free_slot_returns_at_once() -> None:
         return OK
 
     async def main() -> None:
-        sched = Scheduler(
-            [svc("a"), svc("b")], check=check, on_notification=lambda *a: None, max_in_flight=1
-        )
+        sched = Scheduler([svc("a"), svc("b")], check=check, max_in_flight=1)
         await run_for(sched, 0.2)
 
     run(main(), timeout=3.0)
@@ -320,3 +320,41 @@ def test_policy_for_takes_the_state_machine_settings_of_the_service() -> None:
     assert policy_for(svc) == state.Policy(
         fall=5, rise=4, flap_changes=6, flap_window=600.0, remind_every=3600.0
     )
+
+
+def test_the_result_of_a_check_whose_service_a_reload_removed_or_changed_is_dropped() -> None:
+    """Its service is gone, or its new definition decides from its own checks."""
+    release = asyncio.Event()
+    rec = Recorder()
+
+    async def check(s: Service) -> CheckResult:
+        if s.interval == 0.2:  # the definitions before the reload: they hang until released
+            await release.wait()
+        return await rec.check(s)
+
+    async def main() -> list[tuple[str, float]]:
+        seen: list[tuple[str, float]] = []
+
+        def result(
+            s: Service,
+            st: state.ServiceState,
+            result: CheckResult,
+            notes: tuple[state.Notification, ...],
+        ) -> None:
+            seen.append((s.name, s.interval))
+
+        a, b = svc("a"), svc("b")
+        sched = Scheduler([a, b], check=check, on_result=result)
+        task = asyncio.create_task(sched.run())
+        await asyncio.sleep(0.05)  # both checks are running
+        sched.update([replace(b, interval=5.0)])  # a removed, b changed
+        release.set()
+        await asyncio.sleep(0.1)
+        sched.stop()
+        await task
+        return seen
+
+    seen = run(main())
+    assert ("a", 0.2) not in seen
+    assert ("b", 0.2) not in seen
+    assert ("b", 5.0) in seen  # the new definition's own check

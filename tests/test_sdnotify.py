@@ -178,7 +178,6 @@ def test_keep_alive_stops_while_the_scheduler_is_stuck_and_resumes_when_it_moves
         scheduler = Scheduler(
             [_service("a"), _service("b")],
             check=check,
-            on_notification=lambda *a: None,
             max_in_flight=1,
         )
         notifier = SystemdNotifier(str(notify_socket.path))

@@ -156,13 +156,16 @@ def test_every_field_round_trips(backend: Backend, any_store: Blocking) -> None:
         }
 
 
-def test_save_states_writes_many_as_save_state_writes_one(state_dir: Path, store: Store) -> None:
+def test_save_states_writes_many_as_save_state_writes_one(
+    backend: Backend, any_store: Blocking
+) -> None:
     """The batch the daemon flushes once a second stores exactly what one save would."""
+    store = any_store
     store.save_state("old", ServiceState(checks=1), mono_now=MONO, wall_now=WALL)
     batch = {"full": FULL, "succeeding": SUCCEEDING, "fresh": ServiceState(), "old": FULL}
-    store.save_states(batch.items(), mono_now=MONO, wall_now=WALL)
+    store.save_states(list(batch.items()), mono_now=MONO, wall_now=WALL)
     store.close()
-    with reopen(state_dir) as again:
+    with backend.open() as again:
         assert again.load_states(mono_now=MONO, wall_now=WALL) == batch
 
 

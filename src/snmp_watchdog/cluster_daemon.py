@@ -1,5 +1,10 @@
 """``watchdog run`` with ``watchdog.store: postgresql://...``: one node of a cluster.
 
+The daemon is ``daemon.Daemon``, the same as alone; this module is what a
+cluster node does differently (``ClusterNode``, its placement): what it owns,
+how its writes are fenced, and the receivers' queues read from the shared
+outbox (``ClusterQueue``, ``ClusterDispatcher``).
+
 Every node runs the same configuration against one PostgreSQL database. The
 services, and the receivers' queues, are shared out among the live nodes
 (``membership.py``, rules in ``cluster.py``); a node checks only the services
@@ -29,9 +34,14 @@ The heartbeat is owned like a service (``@heartbeat``): its node sends the
 whole cluster's counts, numbered in the cluster's sequence, through the
 shared outbox.
 
-SIGHUP reloads services and receivers (give every node the same file, then
-signal each); ``store``, ``node``, ``lease``, ``state_dir`` and ``heartbeat``
-change only with a restart.
+SIGHUP reloads as alone (give every node the same file, then signal each):
+a receiver that stops hearing of a service that is down gets an Up flagged
+``removed``, one newly given a down service gets its Down flagged ``added``
+(both written to the shared outbox by the service's owner, numbered in the
+cluster's sequence); the queues of removed receivers are discarded and the
+states of removed services forgotten (by every node: whoever comes first);
+the heartbeat follows the file. ``store``, ``store_password``, ``node``,
+``lease``, ``state_dir`` and ``engine_id`` change only with a restart.
 
 With ``status_dir``, every node keeps a file for every service of the
 cluster: its own services' files follow their checks, the others' follow the
@@ -43,36 +53,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
-import signal
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from snmp_watchdog import __version__, model, state
-from snmp_watchdog.checks import run_check
-from snmp_watchdog.clocks import to_mono, wall_time
+from snmp_watchdog import model, state
+from snmp_watchdog.clocks import to_mono
 from snmp_watchdog.cluster import Fenced, LeasePolicy
-from snmp_watchdog.config import load_config
-from snmp_watchdog.exceptions import ConfigError, StoreError
+from snmp_watchdog.daemon import Standalone
+from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.membership import Member, Owned
-from snmp_watchdog.notify.engine import format_engine_id
-from snmp_watchdog.notify.message import Message, MessageBuilder, decode, encode
-from snmp_watchdog.notify.mib import Oids
-from snmp_watchdog.notify.outbox import Dispatcher, Pending
+from snmp_watchdog.notify.message import Message, decode, encode
+from snmp_watchdog.notify.notifier import Notifier
+from snmp_watchdog.notify.outbox import Dispatcher, Pending, PendingQueue
 from snmp_watchdog.notify.sender import Delivery, Sender
-from snmp_watchdog.result import CheckResult
-from snmp_watchdog.scheduler import Scheduler
-from snmp_watchdog.statusfiles import StatusFiles
 from snmp_watchdog.store_pg import PgStore
+
+if TYPE_CHECKING:
+    from snmp_watchdog.daemon import Daemon
 
 log = logging.getLogger("snmp_watchdog")
 
 #: How often a receiver's owner looks for rows other nodes added to its queue.
 POLL = 0.2
-#: How often states that produced no notification are written.
-FLUSH_EVERY = 1.0
 #: The name under which one node at a time owns the heartbeat.
 HEARTBEAT = "@heartbeat"
 
@@ -92,8 +97,8 @@ def lease_policy(settings: model.Settings) -> LeasePolicy:
 class ClusterQueue:
     """A receiver's queue read from the shared outbox, while this node owns the receiver."""
 
-    def __init__(self, daemon: ClusterDaemon, receiver: str, *, window: int = 100) -> None:
-        self._daemon = daemon
+    def __init__(self, store: PgStore, receiver: str, *, window: int = 100) -> None:
+        self._store = store
         self._receiver = receiver
         self._window = window
         self._items: collections.deque[Pending] = collections.deque()
@@ -110,8 +115,22 @@ class ClusterQueue:
     def wake(self) -> None:
         self._added.set()
 
-    def append(self, item: Pending) -> None:  # the daemon writes rows itself
-        raise AssertionError("rows are added by ClusterDaemon, in its transactions")
+    async def write(self, item: Pending) -> int:
+        """Add ``item`` to the shared outbox (in the caller's transaction)."""
+        row = await self._store.enqueue(
+            self._receiver,
+            encode(item.message),
+            created=time.time(),
+            sequence=item.message.sequence,
+        )
+        self.wake()
+        return row
+
+    async def count(self) -> int:
+        return len(self)
+
+    def append(self, item: Pending) -> None:
+        raise AssertionError("stored notifications are added with write(), in a transaction")
 
     def append_volatile(self, item: Pending) -> None:
         raise AssertionError("a cluster node has no notification kept only in memory")
@@ -128,9 +147,7 @@ class ClusterQueue:
 
     async def _load(self) -> None:
         try:
-            rows = await self._daemon.store.pending(
-                self._receiver, self._window, after=self._last_loaded
-            )
+            rows = await self._store.pending(self._receiver, self._window, after=self._last_loaded)
         except StoreError as exc:
             log.debug("outbox of %s not readable now: %s", self._receiver, exc)
             return
@@ -141,7 +158,7 @@ class ClusterQueue:
                 message = decode(row.payload)
             except ValueError as exc:
                 log.error("stored notification %d is unreadable and dropped: %s", row.id, exc)
-                self._later(self._daemon.store.remove(row.id))
+                self._later(self._store.remove(row.id))
                 continue
             submitted = to_mono(row.created, mono_now=mono, wall_now=wall)
             self._items.append(Pending(self._receiver, message, submitted, row.id))
@@ -155,10 +172,10 @@ class ClusterQueue:
         makes the next owner send a notification twice (same sequence number).
         """
         try:
-            await self._daemon.store.remove(item.key)
+            await self._store.remove(item.key)
         except StoreError as exc:
             log.warning("outbox of %s: %s", self._receiver, exc)
-            self._later(self._daemon.store.remove(item.key))
+            self._later(self._store.remove(item.key))
         self._deleted.add(item.key)
 
     def remove(self, item: Pending) -> None:
@@ -167,15 +184,15 @@ class ClusterQueue:
         if item.key in self._deleted:
             self._deleted.discard(item.key)
         else:
-            self._later(self._daemon.store.remove(item.key))
+            self._later(self._store.remove(item.key))
 
     def failed(self, item: Pending, error: str) -> None:
-        self._later(self._daemon.store.mark_attempt(item.key, error))
+        self._later(self._store.mark_attempt(item.key, error))
 
     def clear(self) -> int:
-        dropped = len(self._items)
+        """The receiver was removed: the daemon discards its rows (and says how many)."""
         self.reset()
-        return dropped
+        return 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -200,9 +217,15 @@ class ClusterQueue:
 class ClusterDispatcher(Dispatcher):
     """A ``Dispatcher`` whose per-receiver delivery runs only while this node may send."""
 
-    def __init__(self, daemon: ClusterDaemon, sender: Sender, receivers: Sequence[model.Receiver]):
-        self._daemon = daemon
-        super().__init__(sender, receivers, log=log, queue_factory=daemon.queue)
+    def __init__(
+        self,
+        node: ClusterNode,
+        sender: Sender,
+        receivers: Sequence[model.Receiver],
+        queue_factory: Callable[[str], PendingQueue],
+    ) -> None:
+        self._node = node
+        super().__init__(sender, receivers, log=log, queue_factory=queue_factory)
 
     async def halt(self, name: str) -> None:
         """Stop delivering to ``name`` now (an inform being retried included)."""
@@ -212,126 +235,249 @@ class ClusterDispatcher(Dispatcher):
             await asyncio.gather(worker, return_exceptions=True)
 
     def go(self, name: str) -> None:
+        """Deliver to ``name``: this node owns it now."""
         if name not in self._queues:
             self._queues[name] = self._queue_factory(name)
         self._ensure_worker(name)
 
+    def wake(self, name: str) -> bool:
+        """Rows were written for ``name``: its owner delivers them (another node polls)."""
+        if name not in self._receivers:
+            return False
+        if name not in self._queues:
+            self._queues[name] = self._queue_factory(name)
+        self._node.queue(name).wake()
+        return True
+
     async def _attempt(self, item: Pending) -> Delivery:
-        if not self._daemon.may_send(item.receiver):
+        if not self._node.may_send(item.receiver):
             # Fenced or no longer the owner: never send; the halt cancels this worker.
             await asyncio.Event().wait()
         return await super()._attempt(item)
 
     async def _trap(self, item: Pending) -> None:
-        if not self._daemon.may_send(item.receiver):
+        if not self._node.may_send(item.receiver):
             await asyncio.Event().wait()
         await super()._trap(item)
-        await self._daemon.queue(item.receiver).delete(item)
+        await self._node.queue(item.receiver).delete(item)
 
     async def _inform(self, item: Pending) -> None:
         await super()._inform(item)
-        await self._daemon.queue(item.receiver).delete(item)
+        await self._node.queue(item.receiver).delete(item)
 
 
-class ClusterDaemon:
-    def __init__(self, config: model.Config) -> None:
-        self.config = config
-        settings = config.settings
-        assert settings.store is not None
-        self.node = settings.node or socket.gethostname()
+class ClusterNode(Standalone):
+    """The placement of a node of a cluster: what the membership gives it is its own.
+
+    It checks the services it owns and delivers the queues of the receivers
+    it owns (``@RECEIVER``), and sends the heartbeat when it owns
+    ``@heartbeat``; every write for a service is fenced on the service's
+    epoch. A change whose fenced commit fails goes back to the state last
+    saved, to be confirmed and notified again by whoever owns the service.
+    """
+
+    fenced = True
+    restart_only = ("store", "store_password", "node", "lease")
+
+    def __init__(self, settings: model.Settings, store: PgStore, lease_store: PgStore) -> None:
+        super().__init__(store)
+        self.pg = store
+        self.lease_store = lease_store
+        self.node = self.name_of(settings)
         self.policy = lease_policy(settings)
-        self.started = time.monotonic()
-        self.store: PgStore
-        self.lease_store: PgStore
-        self.member: Member
-        self.scheduler: Scheduler | None = None
+        self.member: Member | None = None
         self.dispatcher: ClusterDispatcher | None = None
-        self.builder = MessageBuilder(Oids(settings.oid_root))
-        self.indexes: dict[str, int] = {}
         self.owned: Owned = {}
         self._queues: dict[str, ClusterQueue] = {}
         self._saved: dict[str, state.ServiceState] = {}  # as last written, per owned service
-        self._dirty: dict[str, state.ServiceState] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._writes: set[asyncio.Task[None]] = set()
         self._changes: asyncio.Queue[Owned] = asyncio.Queue()
-        self._stop = asyncio.Event()
-        sd = config.settings.status_dir
-        self.status_files = StatusFiles(sd) if sd is not None else None
 
-    # -- reload --------------------------------------------------------------------
+    @staticmethod
+    def name_of(settings: model.Settings) -> str:
+        return settings.node or socket.gethostname()
+
+    @classmethod
+    async def open(cls, settings: model.Settings) -> ClusterNode:
+        assert settings.store is not None
+        password = settings.store_password.reveal() if settings.store_password else None
+        policy = lease_policy(settings)
+        url = settings.store
+
+        async def open_store(pool_size: int) -> PgStore:
+            return await PgStore.open(
+                url,
+                password=password,
+                pool_size=pool_size,
+                lock_timeout=policy.renew_every,
+                idle_timeout=policy.margin,
+            )
+
+        store = await open_store(4)
+        try:
+            # The lease has a connection of its own: a burst of changes waiting
+            # for the pool must never delay a renewal into self-fencing.
+            lease_store = await open_store(1)
+        except BaseException:
+            await store.close()
+            raise
+        return cls(settings, store, lease_store)
+
+    async def close(self) -> None:
+        try:
+            await self.lease_store.close()
+        finally:
+            await self.pg.close()
+
+    # -- the daemon's placement -------------------------------------------------------
+
+    def _daemon(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
+
+    def _config(self) -> model.Config:
+        config = self._daemon().config
+        assert config is not None
+        return config
+
+    async def start(self, daemon: Daemon, config: model.Config) -> dict[str, state.ServiceState]:
+        """Nothing is owned yet: services come with the membership's first answer."""
+        self.daemon = daemon
+        daemon.indexes = await self.pg.service_indexes(s.name for s in config.services)
+        return {}
+
+    def notifier(self, config: model.Config, started: float) -> Notifier:
+        def dispatcher(
+            sender: Sender,
+            receivers: Sequence[model.Receiver],
+            queue_factory: Callable[[str], PendingQueue],
+        ) -> Dispatcher:
+            self.dispatcher = ClusterDispatcher(self, sender, receivers, queue_factory)
+            return self.dispatcher
+
+        return Notifier(
+            config, self.pg, started=started, queue=self.queue, dispatcher=dispatcher, resume=False
+        )
+
+    async def started(self, notifier: Notifier) -> list[Coroutine[Any, Any, None]]:
+        self.member = Member(
+            self.lease_store,
+            self.node,
+            self.policy,
+            services=self._names,
+            on_change=self._changes.put_nowait,
+        )
+        return [self.member.run(), self._apply_changes()]
+
+    @property
+    def agent(self) -> bool:
+        return False
+
+    def scheduled(self, services: Iterable[model.Service]) -> list[model.Service]:
+        return [s for s in services if s.name in self.owned]
+
+    def owns(self, name: str) -> bool:
+        return name in self.owned
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, name: str | None) -> AsyncIterator[None]:
+        """A transaction fenced on service ``name``'s epoch, held by this node."""
+        assert name is not None, "a cluster node's writes are fenced on one service"
+        epoch = self.owned.get(name)
+        if epoch is None or self.member is None or not self.member.may_act():
+            raise Fenced("this node may not act for it now")
+        async with self.pg.fenced(name, self.node, epoch):
+            yield
+
+    def saved(self, name: str, st: state.ServiceState) -> None:
+        self._saved[name] = st
+
+    def undo(self, name: str, why: str) -> None:
+        """The change was not saved: go back to the saved state, so it is confirmed again."""
+        log.warning("%s: change not saved, to be confirmed again: %s", name, why)
+        scheduler = self._daemon().scheduler
+        assert scheduler is not None
+        slot = scheduler.slots.get(name)
+        if slot is not None and name in self._saved:
+            slot.state = self._saved[name]
+
+    async def save_states(self, states: dict[str, state.ServiceState]) -> None:
+        batch = {n: (self.owned[n], st) for n, st in states.items() if n in self.owned}
+        if not batch or self.member is None or not self.member.may_act():
+            return
+        try:
+            refused = await self.pg.save_owned_states(
+                self.node, batch, mono_now=time.monotonic(), wall_now=time.time()
+            )
+        except StoreError as exc:
+            log.debug("states not saved this time: %s", exc)
+            raise
+        for name in batch:
+            if name not in refused:
+                self._saved[name] = batch[name][1]
+
+    async def flushed(self) -> None:
+        """Status files of the services other nodes check, from the states they save."""
+        daemon = self._daemon()
+        if daemon.status_files is None:
+            return
+        try:
+            saved = await self.pg.load_states(mono_now=time.monotonic(), wall_now=time.time())
+        except StoreError as exc:
+            log.debug("status files of other nodes' services not refreshed: %s", exc)
+            return
+        for svc in self._config().services:
+            st = saved.get(svc.name)
+            if st is not None and svc.name not in self.owned:
+                daemon.status_files.update(svc.name, st)
+
+    async def heartbeat(self, notifier: Notifier, counts: dict[str, int]) -> Message | None:
+        """The node owning the heartbeat sends the cluster's, through the shared outbox."""
+        epoch = self.owned.get(HEARTBEAT)
+        if epoch is None or self.member is None or not self.member.may_act():
+            return None
+        try:
+            every = await self.pg.state_counts(s.name for s in self._config().services)
+            async with notifier.numbering(), self.pg.fenced(HEARTBEAT, self.node, epoch):
+                return await notifier.heartbeat(
+                    up=every["up"], down=every["down"], unknown=every["unknown"], durable=True
+                )
+        except (Fenced, StoreError) as exc:
+            log.warning("heartbeat not sent: %s", exc)
+            return None
+
+    async def reloaded(self, old: model.Config, new: model.Config) -> None:
+        """Discard the queues of removed receivers; new names are shared out at once."""
+        await self._daemon()._discard_orphans(new, self.pg)
+        assert self.member is not None
+        self.member.poke()
+
+    async def stop(self) -> None:
+        log.info("stopping: handing the services over")
+        if self.member is not None:
+            await self.member.leave()
+
+    # -- ownership ---------------------------------------------------------------------
 
     def _names(self) -> list[str]:
         """Everything shared out: the services, the receivers' queues, the heartbeat."""
-        names = [s.name for s in self.config.services]
-        names += [receiver_key(r.name) for r in self.config.receivers]
-        if self.config.settings.heartbeat > 0:
+        config = self._config()
+        names = [s.name for s in config.services]
+        names += [receiver_key(r.name) for r in config.receivers]
+        if config.settings.heartbeat > 0:
             names.append(HEARTBEAT)
         return names
 
-    def _start_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def reload(self) -> None:
-        """SIGHUP: the new services and receivers; what needs a restart is said and kept."""
-        log.info("SIGHUP received: reloading %s", self.config.path)
-        try:
-            config = load_config(self.config.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload rejected: %s", problem)
-            log.error("reload rejected: keeping the running configuration")
-            return
-        old = self.config.settings
-        new = config.settings
-        for key in ("store", "node", "lease", "state_dir", "heartbeat"):
-            if getattr(new, key) != getattr(old, key):
-                log.warning("%s changes only with a restart; keeping the running one", key)
-        keep = {k: getattr(old, k) for k in ("store", "node", "lease", "state_dir", "heartbeat")}
-        config = dataclasses.replace(config, settings=dataclasses.replace(new, **keep))
-        try:
-            indexes = await self.store.service_indexes(s.name for s in config.services)
-        except StoreError as exc:
-            log.error("reload rejected: %s", exc)
-            return
-        assert self.dispatcher is not None
-        if config.receivers != self.config.receivers:
-            await self.dispatcher.reconfigure(config.receivers)
-        self.builder = MessageBuilder(Oids(config.settings.oid_root))
-        self.indexes = indexes
-        removed = {s.name for s in self.config.services} - {s.name for s in config.services}
-        self.config = config
-        sd = config.settings.status_dir
-        if sd != (self.status_files.directory if self.status_files else None):
-            self.status_files = StatusFiles(sd) if sd is not None else None
-        elif self.status_files is not None:
-            for name in removed:
-                self.status_files.forget(name)
-        # Owned services take their new definitions (keeping their state); new
-        # ones are checked once the next rebalance gives them to a node.
-        assert self.scheduler is not None
-        self.scheduler.update(s for s in config.services if s.name in self.owned)
-        self.member.poke()  # new names are shared out at once
-        log.info(
-            "configuration reloaded: %d services, %d receivers",
-            len(config.services),
-            len(config.receivers),
-        )
-
-    # -- ownership ---------------------------------------------------------------
-
     def queue(self, name: str) -> ClusterQueue:
         if name not in self._queues:
-            self._queues[name] = ClusterQueue(self, name)
+            self._queues[name] = ClusterQueue(self.pg, name)
         return self._queues[name]
 
     def may_send(self, receiver: str) -> bool:
-        return receiver_key(receiver) in self.owned and self.member.may_act()
-
-    def _on_change(self, owned: Owned) -> None:
-        self._changes.put_nowait(owned)
+        return (
+            receiver_key(receiver) in self.owned
+            and self.member is not None
+            and self.member.may_act()
+        )
 
     async def _apply_changes(self) -> None:
         """Apply ownership changes in order: services to check, queues to deliver."""
@@ -339,19 +485,22 @@ class ClusterDaemon:
             owned = await self._changes.get()
             while not self._changes.empty():
                 owned = self._changes.get_nowait()  # only the latest matters
-            await self._apply(owned)
+            async with self._daemon()._reload_lock:  # not halfway through a reload
+                await self._apply(owned)
 
     async def _apply(self, owned: Owned) -> None:
-        assert self.scheduler is not None
+        scheduler = self._daemon().scheduler
+        assert scheduler is not None
         assert self.dispatcher is not None
+        config = self._config()
         old = self.owned
-        services = [s for s in self.config.services if s.name in owned]
+        services = [s for s in config.services if s.name in owned]
         gained = [s.name for s in services if old.get(s.name) != owned[s.name]]
         lost = [name for name in old if name not in owned and not name.startswith("@")]
         # Until their saved state is loaded, the services taken over are not ours yet.
         self.owned = {k: v for k, v in owned.items() if k not in gained}
         # Receivers lost (or re-owned under a new epoch: reload the queue) stop first.
-        for r in self.config.receivers:
+        for r in config.receivers:
             key = receiver_key(r.name)
             if key in old and old.get(key) != owned.get(key):
                 await self.dispatcher.halt(r.name)
@@ -364,15 +513,15 @@ class ClusterDaemon:
             states = {name: saved.get(name, state.ServiceState()) for name in gained}
         self.owned = owned
         # Replace gained services' slots: their state is the one saved by the last owner.
-        self.scheduler.update([s for s in services if s.name not in gained])
-        self.scheduler.update(services)
+        scheduler.update([s for s in services if s.name not in gained])
+        scheduler.update(services)
         for name, st in states.items():
-            self.scheduler.slots[name].state = st
+            scheduler.slots[name].state = st
             self._saved[name] = st
         for name in lost:
             self._saved.pop(name, None)
-            self._dirty.pop(name, None)
-        for r in self.config.receivers:
+            self._daemon()._dirty.pop(name, None)
+        for r in config.receivers:
             if receiver_key(r.name) in owned:
                 self.dispatcher.go(r.name)
         if owned.keys() != old.keys() or gained:
@@ -382,7 +531,7 @@ class ClusterDaemon:
                 len(services),
                 len(gained),
                 len(lost),
-                ", ".join(r.name for r in self.config.receivers if self.may_send(r.name))
+                ", ".join(r.name for r in config.receivers if self.may_send(r.name))
                 or "no receiver",
             )
 
@@ -395,7 +544,7 @@ class ClusterDaemon:
         failing = False
         while True:
             try:
-                return await self.store.load_states(mono_now=time.monotonic(), wall_now=time.time())
+                return await self.pg.load_states(mono_now=time.monotonic(), wall_now=time.time())
             except StoreError as exc:
                 if not failing:
                     log.error("cannot load the state of the services taken over: %s", exc)
@@ -403,256 +552,3 @@ class ClusterDaemon:
             await asyncio.sleep(self.policy.renew_every)
             if not self._changes.empty():
                 return None
-
-    # -- results -------------------------------------------------------------------
-
-    def _on_result(
-        self,
-        svc: model.Service,
-        st: state.ServiceState,
-        result: CheckResult,
-        notes: tuple[state.Notification, ...],
-    ) -> None:
-        assert self.scheduler is not None
-        slot = self.scheduler.slots.get(svc.name)
-        log.debug(
-            "check %s: %s %s (%.1f ms)",
-            svc.name,
-            result.reason.code,
-            result.detail,
-            result.elapsed * 1000.0,
-        )
-        if slot is None or slot.service is not svc or svc.name not in self.owned:
-            return  # handed over while the check ran
-        if self.status_files is not None:
-            self.status_files.update(svc.name, st)
-        if not notes:
-            self._dirty[svc.name] = st
-            return
-        self._dirty.pop(svc.name, None)
-        task = asyncio.get_running_loop().create_task(self._persist_and_notify(svc, st, notes))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def _persist_and_notify(
-        self, svc: model.Service, st: state.ServiceState, notes: tuple[state.Notification, ...]
-    ) -> None:
-        lock = self._locks.setdefault(svc.name, asyncio.Lock())
-        async with lock:  # one service's changes commit in the order they were made
-            epoch = self.owned.get(svc.name)
-            if epoch is None or not self.member.may_act():
-                self._undo(svc.name, "this node may not act for it now")
-                return
-            try:
-                async with self.store.fenced(svc.name, self.node, epoch):
-                    await self.store.save_state(
-                        svc.name, st, mono_now=time.monotonic(), wall_now=time.time()
-                    )
-                    for note in notes:
-                        sequence = await self.store.next_sequence()
-                        message = self._message(svc, note, sequence)
-                        payload = encode(message)
-                        for receiver in svc.receivers:
-                            await self.store.enqueue(
-                                receiver, payload, created=time.time(), sequence=sequence
-                            )
-            except Fenced as exc:
-                self._undo(svc.name, f"no longer its owner ({exc})")
-                return
-            except StoreError as exc:
-                self._undo(svc.name, f"the state database failed: {exc}")
-                return
-            self._saved[svc.name] = st
-            for note in notes:
-                level = logging.WARNING if note.state is state.State.DOWN else logging.INFO
-                log.log(level, "%s is %s (notified)", svc.name, note.state.value.upper())
-            for receiver in svc.receivers:
-                self.queue(receiver).wake()
-
-    def _undo(self, name: str, why: str) -> None:
-        """The change was not saved: go back to the saved state, so it is confirmed again."""
-        log.warning("%s: change not saved, to be confirmed again: %s", name, why)
-        assert self.scheduler is not None
-        slot = self.scheduler.slots.get(name)
-        if slot is not None and name in self._saved:
-            slot.state = self._saved[name]
-
-    def _message(self, svc: model.Service, note: state.Notification, sequence: int) -> Message:
-        return self.builder.service_event(
-            kind=note.kind,
-            service=svc,
-            index=self.indexes[svc.name],
-            state=note.state.value,
-            previous=note.previous.value,
-            reason=note.reason,
-            detail=note.detail,
-            count=note.count,
-            elapsed=note.elapsed,
-            at_wall=wall_time(note.at),
-            sequence=sequence,
-            flags="reminder" if note.reminder else "normal",
-        )
-
-    async def _heartbeat_loop(self) -> None:
-        """The node owning the heartbeat sends the cluster's, through the shared outbox."""
-        while True:
-            await asyncio.sleep(self.config.settings.heartbeat)
-            epoch = self.owned.get(HEARTBEAT)
-            if epoch is None or not self.member.may_act():
-                continue
-            try:
-                await self._heartbeat(epoch)
-            except (Fenced, StoreError) as exc:
-                log.warning("heartbeat not sent: %s", exc)
-
-    async def _heartbeat(self, epoch: int) -> None:
-        counts = await self.store.state_counts(s.name for s in self.config.services)
-        async with self.store.fenced(HEARTBEAT, self.node, epoch):
-            sequence = await self.store.next_sequence()
-            message = self.builder.heartbeat(
-                sequence=sequence, uptime=time.monotonic() - self.started, **counts
-            )
-            payload = encode(message)
-            for r in self.config.receivers:
-                await self.store.enqueue(r.name, payload, created=time.time(), sequence=sequence)
-        log.info("heartbeat #%d", sequence)
-        for r in self.config.receivers:
-            self.queue(r.name).wake()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            await self._flush()
-            if self.status_files is not None:
-                await self._status_from_others()
-
-    async def _status_from_others(self) -> None:
-        """Status files of the services other nodes check, from the states they save."""
-        assert self.status_files is not None
-        try:
-            saved = await self.store.load_states(mono_now=time.monotonic(), wall_now=time.time())
-        except StoreError as exc:
-            log.debug("status files of other nodes' services not refreshed: %s", exc)
-            return
-        for svc in self.config.services:
-            st = saved.get(svc.name)
-            if st is not None and svc.name not in self.owned:
-                self.status_files.update(svc.name, st)
-
-    async def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, {}
-        batch = {n: (self.owned[n], st) for n, st in dirty.items() if n in self.owned}
-        if not batch or not self.member.may_act():
-            return
-        try:
-            refused = await self.store.save_owned_states(
-                self.node, batch, mono_now=time.monotonic(), wall_now=time.time()
-            )
-        except StoreError as exc:
-            log.debug("states not saved this time: %s", exc)
-            self._dirty = {**dirty, **self._dirty}
-            return
-        for name in batch:
-            if name not in refused:
-                self._saved[name] = batch[name][1]
-
-    # -- life cycle ----------------------------------------------------------------
-
-    async def run(self) -> int:
-        config = self.config
-        settings = config.settings
-        assert settings.store is not None
-        password = settings.store_password.reveal() if settings.store_password else None
-        log.info(
-            "snmp-watchdog %s starting as node %s of a cluster: %d services, %d receivers",
-            __version__,
-            self.node,
-            len(config.services),
-            len(config.receivers),
-        )
-        url = settings.store
-
-        async def open_store(pool_size: int) -> PgStore:
-            return await PgStore.open(
-                url,
-                password=password,
-                pool_size=pool_size,
-                lock_timeout=self.policy.renew_every,
-                idle_timeout=self.policy.margin,
-            )
-
-        self.store = await open_store(4)
-        try:
-            # The lease has a connection of its own: a burst of changes waiting
-            # for the pool must never delay a renewal into self-fencing.
-            self.lease_store = await open_store(1)
-            try:
-                return await self._run()
-            finally:
-                await self.lease_store.close()
-        finally:
-            await self.store.close()
-
-    async def _run(self) -> int:
-        config = self.config
-        self.indexes = await self.store.service_indexes(s.name for s in config.services)
-        sender = Sender(config.settings, config.receivers, started=self.started)
-        await sender.start()
-        log.info(
-            "SNMP engine ID %s (boots %d)",
-            format_engine_id(sender.engine_id),
-            sender.engine_boots,
-        )
-        self.dispatcher = ClusterDispatcher(self, sender, config.receivers)
-        self.scheduler = Scheduler(
-            [],
-            check=run_check,
-            on_result=self._on_result,
-            max_in_flight=config.settings.max_in_flight,
-        )
-        self._sender = sender
-        self.member = Member(
-            self.lease_store,
-            self.node,
-            self.policy,
-            services=self._names,
-            on_change=self._on_change,
-        )
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._start_reload)
-        tasks = [
-            asyncio.create_task(self.scheduler.run(), name="scheduler"),
-            asyncio.create_task(self.member.run(), name="membership"),
-            asyncio.create_task(self._apply_changes(), name="ownership"),
-            asyncio.create_task(self._flush_loop(), name="flush"),
-        ]
-        if config.settings.heartbeat > 0:
-            tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
-        log.info("ready")
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper:
-                    task.result()  # none ends by itself: surface its bug
-        finally:
-            log.info("stopping: handing the services over")
-            self.scheduler.stop()
-            for task in (*tasks, stopper):
-                task.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            if self._writes:
-                await asyncio.gather(*self._writes, return_exceptions=True)
-            with contextlib.suppress(StoreError):
-                await self._flush()
-            await self.member.leave()
-            await self.dispatcher.close()
-            for queue in self._queues.values():
-                await queue.settle()
-            await sender.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-        log.info("stopped after %d checks", self.scheduler.checks_done)
-        return 0

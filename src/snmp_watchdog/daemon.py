@@ -3,14 +3,26 @@
 The daemon logs one line per event on stderr: start, configuration loaded,
 each confirmed state change with its reason, each notification, reload, stop.
 
+One daemon, two placements (``Placement``): alone (``Standalone``, the
+SQLite store of ``state_dir``) it owns every service and receiver and may
+always act; as a node of a cluster (``watchdog.store: postgresql://...``,
+``cluster_daemon.ClusterNode``) it checks and delivers what the membership
+gives it, and its writes are fenced on the service's epoch. Everything else
+(results, logging, commits, notifications, flushes, heartbeat, reload,
+signals, systemd, life cycle) is this module's, the same for both.
+
 Durability: a check result that produces notifications is saved together with
 them (the service's new state and one outbox row per receiver) in one
 transaction before anything is sent; the results of one turn of the event
 loop share that transaction (one fsync for a burst of changes, not one per
-change), committed as soon as the turn's other callbacks have run. Other
-results are saved in batches once a second. A crash therefore never loses a
-notification and never repeats one for a state that did not change; the worst
-case is a lost second of counters.
+change; a cluster node commits each service's change in a transaction fenced
+on its epoch), committed from a task as soon as the turn's other callbacks
+have run. Other results are saved in batches once a second. Every write goes
+through the async ``StateStore`` interface, one at a time in the order asked
+(a turn's commit, a flush, a heartbeat, a reload's changes): with SQLite the
+calls never suspend, with PostgreSQL they do, and the order holds either way.
+A crash therefore never loses a notification and never repeats one for a
+state that did not change; the worst case is a lost second of counters.
 """
 
 from __future__ import annotations
@@ -21,25 +33,29 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from snmp_watchdog import __version__, state
 from snmp_watchdog.agent.runner import AgentRunner
 from snmp_watchdog.checks import run_check
+from snmp_watchdog.cluster import Fenced
 from snmp_watchdog.config import load_config
 from snmp_watchdog.exceptions import ConfigError, StoreError
 from snmp_watchdog.model import Config, Service, Settings
 from snmp_watchdog.notify.engine import format_engine_id
+from snmp_watchdog.notify.message import Message
 from snmp_watchdog.notify.notifier import Notifier
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
 from snmp_watchdog.sdnotify import SystemdNotifier, keep_alive, watchdog_interval
 from snmp_watchdog.statusfiles import StatusFiles
+from snmp_watchdog.storage import SqliteStateStore, StateStore
 from snmp_watchdog.store import ENGINE_ID_IN_USE, Store
 
 log = logging.getLogger("snmp_watchdog")
@@ -53,6 +69,9 @@ FLUSH_EVERY = 1.0
 #: The longest pause between two passes of a healthy scheduler with nothing due
 #: (``Scheduler.run`` sleeps at most a second at a time).
 IDLE_PASS = 1.0
+
+#: What only a restart changes, for every daemon.
+RESTART_ONLY = ("state_dir", "engine_id")
 
 
 def event_log_line(svc: Service, note: state.Notification) -> str:
@@ -97,13 +116,95 @@ class _Event(NamedTuple):
     receivers: tuple[str, ...] | None = None
 
 
+class Standalone:
+    """The placement of a daemon alone: every service and receiver is its own.
+
+    It may always act, its writes are unfenced, its store is the SQLite one of
+    ``state_dir``. When a write fails the daemon goes on from memory
+    (``from_memory``): notifications are delivered from memory under the
+    numbers they would have had, states are retried at the next flush.
+    """
+
+    #: True: each service's change commits alone, fenced, and is undone on failure.
+    fenced = False
+    #: Settings only a restart changes (beside ``RESTART_ONLY``).
+    restart_only: tuple[str, ...] = ()
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.daemon: Daemon | None = None
+
+    async def start(self, daemon: Daemon, config: Config) -> dict[str, state.ServiceState]:
+        """Resume the saved states; the services' numbers in ``daemon.indexes``."""
+        self.daemon = daemon
+        initial = await daemon._restore(config, self.store)
+        await daemon._discard_orphans(config, self.store)
+        return initial
+
+    def notifier(self, config: Config, started: float) -> Notifier:
+        return Notifier(config, self.store, started=started)
+
+    async def started(self, notifier: Notifier) -> list[Coroutine[Any, Any, None]]:
+        """After the notifier started: what else runs beside the scheduler."""
+        assert self.daemon is not None
+        await self.daemon._record_engine_id(self.store)
+        return []
+
+    @property
+    def agent(self) -> bool:
+        """Whether this daemon answers the agent's requests (when configured)."""
+        return True
+
+    def scheduled(self, services: Iterable[Service]) -> list[Service]:
+        """Of ``services``, those this daemon checks."""
+        return list(services)
+
+    def owns(self, name: str) -> bool:
+        return True
+
+    def transaction(self, name: str | None) -> AbstractAsyncContextManager[None]:
+        """A transaction for writes made for service ``name`` (None: for several)."""
+        return self.store.transaction()
+
+    def saved(self, name: str, st: state.ServiceState) -> None:
+        """The state ``st`` of ``name`` is committed."""
+
+    def undo(self, name: str, why: str) -> None:
+        """The change of ``name`` was not saved (``fenced`` placements only)."""
+
+    async def save_states(self, states: dict[str, state.ServiceState]) -> None:
+        """Save states that produced no notification (``StoreError``: keep them for later)."""
+        await self.store.save_states(
+            states.items(), mono_now=time.monotonic(), wall_now=time.time()
+        )
+
+    async def flushed(self) -> None:
+        """After each flush."""
+
+    async def heartbeat(self, notifier: Notifier, counts: dict[str, int]) -> Message | None:
+        """Send a heartbeat: in memory, numbered in the stored sequence."""
+        return await notifier.heartbeat(
+            up=counts["up"], down=counts["down"], unknown=counts["unknown"]
+        )
+
+    async def reloaded(self, old: Config, new: Config) -> None:
+        """After a reload was applied."""
+
+    async def stop(self) -> None:
+        """The daemon stops acting (before its notifier closes)."""
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
 class Daemon:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.started = time.monotonic()
         self.config: Config | None = None
+        self.placement: Standalone | None = None
         self.scheduler: Scheduler | None = None
-        self.store: Store | None = None
+        self.store: StateStore | None = None
         self.notifier: Notifier | None = None
         self.status_files: StatusFiles | None = None
         self.agent: AgentRunner | None = None
@@ -111,7 +212,11 @@ class Daemon:
         self._dirty: dict[str, state.ServiceState] = {}
         # Results with notifications not yet committed (see ``_commit_changes``).
         self._changes: list[tuple[Service, state.ServiceState, list[_Event]]] = []
-        self._commit_soon: asyncio.Handle | None = None
+        self._turn: asyncio.Task[None] | None = None  # commits this turn's changes
+        self._turns: set[asyncio.Task[None]] = set()  # and those not finished yet
+        # One write at a time, in the order asked: a turn's commit, a flush, a
+        # heartbeat, a reload's changes.
+        self._writing = asyncio.Lock()
         self._store_failing = False
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -126,32 +231,47 @@ class Daemon:
     async def run(self) -> int:
         config = load_config(self.config_path)  # ConfigError propagates: exit 2
         self.config = config
-        log.info(
-            "snmp-watchdog %s starting: %d services, %d receivers, config %s",
-            __version__,
-            len(config.services),
-            len(config.receivers),
-            self.config_path,
-        )
+        placement: Standalone
         if config.settings.store is not None:
-            from snmp_watchdog.cluster_daemon import ClusterDaemon  # noqa: PLC0415 (psycopg)
+            from snmp_watchdog.cluster_daemon import ClusterNode  # noqa: PLC0415 (psycopg)
 
-            return await ClusterDaemon(config).run()
-        self.store = store = Store.open(config.settings.state_dir)
+            node = ClusterNode.name_of(config.settings)
+            log.info(
+                "snmp-watchdog %s starting as node %s of a cluster: %d services, %d receivers, "
+                "config %s",
+                __version__,
+                node,
+                len(config.services),
+                len(config.receivers),
+                self.config_path,
+            )
+            placement = await ClusterNode.open(config.settings)
+        else:
+            log.info(
+                "snmp-watchdog %s starting: %d services, %d receivers, config %s",
+                __version__,
+                len(config.services),
+                len(config.receivers),
+                self.config_path,
+            )
+            placement = Standalone(SqliteStateStore(Store.open(config.settings.state_dir)))
         try:
-            return await self._run(config, store)
+            return await self._run(config, placement)
         finally:
-            store.close()
+            await placement.close()
 
-    async def _run(self, config: Config, store: Store) -> int:
-        initial = self._restore(config, store)
-        self._discard_orphans(config, store)
-        self.notifier = Notifier(config, store, started=self.started)
+    async def _run(self, config: Config, placement: Standalone) -> int:
+        self.placement = placement
+        self.store = placement.store
+        initial = await placement.start(self, config)
+        self.notifier = placement.notifier(config, self.started)
         await self.notifier.start()
-        self._record_engine_id(store)
+        beside = await placement.started(self.notifier)
         try:
             await self._start_agent(config, initial)
         except BaseException:
+            for coro in beside:
+                coro.close()
             await self.notifier.close()
             raise
         if config.settings.status_dir is not None:
@@ -159,7 +279,7 @@ class Daemon:
             for name, st in initial.items():
                 self.status_files.update(name, st)
         self.scheduler = Scheduler(
-            config.services,
+            placement.scheduled(config.services),
             check=run_check,
             on_result=self._on_result,
             max_in_flight=config.settings.max_in_flight,
@@ -170,6 +290,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._start_reload)
         runner = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        tasks = {runner} | {asyncio.create_task(coro) for coro in beside}
         background = [asyncio.create_task(self._flush_loop(), name="flush")]
         self._set_heartbeat(config.settings.heartbeat)
         background += self._keep_alive()
@@ -178,31 +299,41 @@ class Daemon:
         self.systemd.ready(self.status_line())
         stop = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait({runner, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if runner in done:
-                runner.result()  # the scheduler never ends by itself: surface its bug
+            done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop:
+                    task.result()  # none ends by itself: surface its bug
         finally:
-            self._stop.set()  # also when the scheduler failed: later signals only log
-            self.systemd.stopping()
-            self.scheduler.stop()
             stop.cancel()
-            self._set_heartbeat(0)
-            for task in (*background, *self._reloads):
-                task.cancel()
-            await asyncio.gather(runner, *background, *self._reloads, return_exceptions=True)
-            if self.agent is not None:
-                self.agent.close()
-            self._flush()
-            pending = self.notifier.dispatcher.pending()
-            await self.notifier.close()
-            if pending:
-                log.info("%d notification(s) not yet delivered stay queued", pending)
-            self.systemd.close()
-            # Only now: a second SIGTERM during the clean-up must not cut it short.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            await self._shutdown([*tasks, *background])
         log.info("stopped after %d checks", self.scheduler.checks_done)
         return 0
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        assert self.scheduler is not None
+        assert self.notifier is not None
+        assert self.placement is not None
+        self._stop.set()  # also when the scheduler failed: later signals only log
+        self.systemd.stopping()
+        self.scheduler.stop()
+        self._set_heartbeat(0)
+        for task in (*tasks, *self._reloads):
+            task.cancel()
+        await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
+        if self.agent is not None:
+            self.agent.close()
+        await self._flush()
+        await asyncio.gather(*self._turns, return_exceptions=True)
+        await self.placement.stop()
+        pending = self.notifier.dispatcher.pending()
+        await self.notifier.close()
+        if pending:
+            log.info("%d notification(s) not yet delivered stay queued", pending)
+        self.systemd.close()
+        # Only now: a second SIGTERM during the clean-up must not cut it short.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
     def _keep_alive(self) -> list[asyncio.Task[None]]:
         """systemd's watchdog keep-alive, when the unit asks for one (``WatchdogSec``)."""
@@ -220,12 +351,12 @@ class Daemon:
         )
         return [asyncio.create_task(alive, name="keep-alive")]
 
-    def _restore(self, config: Config, store: Store) -> dict[str, state.ServiceState]:
-        saved = store.load_states(mono_now=time.monotonic(), wall_now=time.time())
+    async def _restore(self, config: Config, store: StateStore) -> dict[str, state.ServiceState]:
+        saved = await store.load_states(mono_now=time.monotonic(), wall_now=time.time())
         names = [svc.name for svc in config.services]
         gone = sorted(set(saved) - set(names))
         if gone:
-            store.forget(gone)
+            await store.forget(gone)
             log.info("forgot %d service(s) no longer configured: %s", len(gone), ", ".join(gone))
             down = [name for name in gone if saved[name].notified is state.State.DOWN]
             if down:
@@ -236,34 +367,36 @@ class Daemon:
                     "sent an Up flagged 'removed')",
                     ", ".join(down),
                 )
-        self.indexes = store.service_indexes(names)
+        self.indexes = await store.service_indexes(names)
         initial = {name: st for name, st in saved.items() if name in self.indexes}
         if initial:
-            log.info("resumed the state of %d service(s) from %s", len(initial), store.path)
+            log.info("resumed the state of %d service(s) from %s", len(initial), store.where)
         return initial
 
-    def _discard_orphans(self, config: Config, store: Store) -> None:
+    async def _discard_orphans(self, config: Config, store: StateStore) -> None:
         """Drop the informs still queued for receivers the configuration no longer has."""
         configured = {r.name for r in config.receivers}
-        for name, count in sorted(store.pending_counts().items()):
+        for name in sorted(await store.pending_counts()):
             if name in configured:
                 continue
             try:
-                store.discard(name)
+                count = await store.discard(name)
             except StoreError as exc:
                 log.error("cannot discard the informs of removed receiver %s: %s", name, exc)
                 continue
-            log.warning(
-                "receiver %s is no longer configured: %d notification(s) waiting for it discarded",
-                name,
-                count,
-            )
+            if count:  # another watchdog sharing the store may have discarded them first
+                log.warning(
+                    "receiver %s is no longer configured: %d notification(s) waiting for it "
+                    "discarded",
+                    name,
+                    count,
+                )
 
-    def _record_engine_id(self, store: Store) -> None:
+    async def _record_engine_id(self, store: StateStore) -> None:
         """Save the engine ID in use: what ``watchdog status`` shows and prints createUser for."""
         assert self.notifier is not None
         try:
-            store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
+            await store.meta_set(ENGINE_ID_IN_USE, format_engine_id(self.notifier.sender.engine_id))
         except StoreError as exc:
             self._store_failed(exc)
 
@@ -279,6 +412,9 @@ class Daemon:
         """The read-only agent's table, always kept (a reload may add ``agent:``), and
         its server when configured: it shares the notifications' engine ID and boots."""
         assert self.notifier is not None
+        assert self.placement is not None
+        if not self.placement.agent:
+            return
         notifier = self.notifier
         self.agent = AgentRunner(
             engine_id=notifier.sender.engine_id,
@@ -333,6 +469,7 @@ class Daemon:
         assert self.scheduler is not None
         assert self.store is not None
         assert self.notifier is not None
+        assert self.placement is not None
         log.info("SIGHUP received: reloading %s", self.config_path)
         self.systemd.reloading()
         try:
@@ -346,9 +483,9 @@ class Daemon:
         old = self.config
         assert old is not None
         config = self._keep_restart_only_settings(config, old)
-        self._flush()
+        await self._flush()
         try:  # the only step that can fail: before anything changes
-            indexes = self.store.service_indexes(svc.name for svc in config.services)
+            indexes = await self.store.service_indexes(svc.name for svc in config.services)
         except StoreError as exc:
             log.error("reload rejected: %s", exc)
             log.error("reload rejected: keeping the running configuration")
@@ -359,36 +496,66 @@ class Daemon:
         # Receivers first, so that a new service's first notification finds its receiver.
         if config.receivers != old.receivers or config.settings.oid_root != old.settings.oid_root:
             await self.notifier.reconfigure(config)
-        # From here on nothing awaits: no check result comes in halfway.
-        self._commit_changes()  # under the configuration that produced them
-        told = self._what_receivers_must_be_told(old, config)
-        added, changed, removed = self.scheduler.update(config.services)
-        self.indexes = indexes
-        if self.agent is not None:
-            self.agent.load(config, self.scheduler.states(), indexes)
-        for name in removed:
-            self._dirty.pop(name, None)
-        store = self.store
-        forget = (lambda: store.forget(removed)) if removed else None
-        if not self._queue(told, save=forget) and removed:
-            try:  # the notifications went from memory; forget in a transaction of its own
-                store.forget(removed)
-            except StoreError as exc:  # forgotten at the next start instead
-                self._store_failed(exc)
-        if self.status_files is not None:
+        gone = sorted({s.name for s in old.services} - {s.name for s in config.services})
+        async with self._writing:
+            # Under the configuration that produced them; then, with SQLite, nothing
+            # suspends: no check result comes in halfway.
+            await self._commit_pending()
+            told = self._what_receivers_must_be_told(old, config)
+            added, changed, removed = self.scheduler.update(
+                self.placement.scheduled(config.services)
+            )
+            self.indexes = indexes
+            if self.agent is not None:
+                self.agent.load(config, self.scheduler.states(), indexes)
             for name in removed:
+                self._dirty.pop(name, None)
+            await self._tell_and_forget(told, gone)
+        if self.status_files is not None:
+            for name in gone:
                 self.status_files.forget(name)
         self._apply_settings(config.settings, old.settings)
         self.config = config
+        await self.placement.reloaded(old, config)
         settle_memory()
         log.info(
-            "configuration reloaded: %d services (%d added, %d changed, %d removed)",
+            "configuration reloaded: %d services (%d added, %d changed, %d removed), %d receivers",
             len(config.services),
             len(added),
             len(changed),
-            len(removed),
+            len(gone),
+            len(config.receivers),
         )
         self.systemd.ready(self.status_line())
+
+    async def _tell_and_forget(self, told: list[_Event], gone: list[str]) -> None:
+        """Queue the reload's notifications and forget the states of the services gone.
+
+        Alone, in one transaction. In a cluster each service's notifications
+        are written by its owner, fenced, and every node forgets (the same
+        rows: whoever comes first).
+        """
+        assert self.store is not None
+        assert self.placement is not None
+        store = self.store
+
+        async def forget() -> None:
+            await store.forget(gone)
+
+        if not self.placement.fenced:
+            if not await self._queue(told, save=forget if gone else None) and gone:
+                try:  # the notifications went from memory; forget in a transaction of its own
+                    await store.forget(gone)
+                except StoreError as exc:  # forgotten at the next start instead
+                    self._store_failed(exc)
+            return
+        for name in dict.fromkeys(e.service.name for e in told):
+            await self._queue([e for e in told if e.service.name == name], fence=name)
+        if gone:
+            try:
+                await store.forget(gone)
+            except StoreError as exc:
+                log.warning("states of the removed services not forgotten yet: %s", exc)
 
     def _apply_settings(self, new: Settings, old: Settings) -> None:
         """Apply the reloaded settings that take effect at once (status files, cap, heartbeat)."""
@@ -404,17 +571,22 @@ class Daemon:
 
     def _keep_restart_only_settings(self, config: Config, old: Config) -> Config:
         """The new configuration with what only a restart can change kept as it runs."""
+        assert self.placement is not None
         settings = config.settings
-        if settings.state_dir != old.settings.state_dir:
-            log.warning("state_dir changes only with a restart; keeping %s", old.settings.state_dir)
-            settings = replace(settings, state_dir=old.settings.state_dir)
-        if settings.engine_id != old.settings.engine_id:
-            assert self.notifier is not None
-            log.warning(
-                "engine_id changes only with a restart; still using %s",
-                format_engine_id(self.notifier.sender.engine_id),
-            )
-            settings = replace(settings, engine_id=old.settings.engine_id)
+        for key in (*RESTART_ONLY, *self.placement.restart_only):
+            if getattr(settings, key) == getattr(old.settings, key):
+                continue
+            if key == "engine_id":
+                assert self.notifier is not None
+                running = format_engine_id(self.notifier.sender.engine_id)
+                log.warning("engine_id changes only with a restart; still using %s", running)
+            elif key == "state_dir":
+                log.warning(
+                    "state_dir changes only with a restart; keeping %s", old.settings.state_dir
+                )
+            else:
+                log.warning("%s changes only with a restart; keeping the running one", key)
+            settings = replace(settings, **{key: getattr(old.settings, key)})
         return config if settings is config.settings else replace(config, settings=settings)
 
     def _what_receivers_must_be_told(self, old: Config, new: Config) -> list[_Event]:
@@ -426,16 +598,17 @@ class Daemon:
         closes its open problem. A receiver newly given a service that is down
         gets that Down, flagged ``added``, so that the Up to come pairs with
         something. Receivers removed from the file are told nothing: they are
-        no longer ours to talk to.
+        no longer ours to talk to. In a cluster, the owner of the service tells.
         """
         assert self.scheduler is not None
+        assert self.placement is not None
         now = time.monotonic()
         configured = {r.name for r in new.receivers}
         was = {svc.name: svc for svc in old.services}
         wanted = {svc.name: svc for svc in new.services}
         events = []
         for name, st in self.scheduler.states().items():
-            if st.notified is not state.State.DOWN:
+            if st.notified is not state.State.DOWN or not self.placement.owns(name):
                 continue
             before = was[name]
             after = wanted.get(name)
@@ -487,12 +660,10 @@ class Daemon:
         result: CheckResult,
         notes: tuple[state.Notification, ...],
     ) -> None:
-        assert self.scheduler is not None
-        slot = self.scheduler.slots.get(svc.name)
-        if slot is None or slot.service is not svc:
-            # A check that was running when a reload removed or redefined its service:
-            # the service is gone, or its new definition decides from its own checks.
-            log.debug("check %s: result of the previous configuration ignored", svc.name)
+        assert self.placement is not None
+        if not self.placement.owns(svc.name):
+            # Handed over to another node while the check ran (its slot goes next).
+            log.debug("check %s: result of a service handed over ignored", svc.name)
             return
         if self.agent is not None:
             self.agent.result(svc, st, result)
@@ -521,91 +692,139 @@ class Daemon:
         self._dirty.pop(svc.name, None)
         index = self.indexes[svc.name]
         self._changes.append((svc, st, [_Event(svc, index, note) for note in notes]))
-        if self._commit_soon is None:
-            self._commit_soon = asyncio.get_running_loop().call_soon(self._commit_changes)
+        if self._turn is None:
+            # A task's first step runs once the callbacks already due have run: the
+            # turn's other results join this commit.
+            self._turn = asyncio.get_running_loop().create_task(self._commit_changes())
+            self._turns.add(self._turn)
+            self._turn.add_done_callback(self._turn_done)
 
-    def _commit_changes(self) -> None:
-        """Commit the pending results with notifications in one transaction, then queue them.
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        self._turns.discard(task)
+        if self._turn is task:
+            self._turn = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("commit failed with an internal error", exc_info=task.exception())
 
-        Called once the loop turn that produced them has run its other
-        callbacks, and before anything else writes or numbers notifications
-        (a flush, a reload, a heartbeat, the stop), so the order is kept.
-        When the transaction fails, the notifications go out from memory and
-        the states wait for the next flush, as for a single result.
+    async def _commit_changes(self) -> None:
+        """Commit the pending results with notifications (after the writes asked before)."""
+        async with self._writing:
+            await self._commit_pending()
+
+    async def _commit_pending(self) -> None:
+        """Commit the pending results with notifications, then queue them.
+
+        Called (holding ``_writing``) once the loop turn that produced them has
+        run its other callbacks, and before anything else writes or numbers
+        notifications (a flush, a reload, a heartbeat, the stop), so the order
+        is kept. Alone, all in one transaction; when it fails, the
+        notifications go out from memory and the states wait for the next
+        flush. In a cluster, each service's in a transaction fenced on its
+        epoch; when one fails, that service goes back to its saved state.
         """
-        if self._commit_soon is not None:
-            self._commit_soon.cancel()
-            self._commit_soon = None
         if not self._changes:
             return
         assert self.store is not None
+        assert self.placement is not None
         changes, self._changes = self._changes, []
+        self._turn = None  # results from now on open the next turn (its own task)
         store = self.store
+        groups = [changes] if not self.placement.fenced else [[c] for c in changes]
+        for group in groups:
 
-        def save() -> None:
-            store.save_states(
-                ((svc.name, st) for svc, st, _ in changes),
-                mono_now=time.monotonic(),
-                wall_now=time.time(),
-            )
+            async def save(group: list[tuple[Service, state.ServiceState, Any]] = group) -> None:
+                await store.save_states(
+                    ((svc.name, st) for svc, st, _ in group),
+                    mono_now=time.monotonic(),
+                    wall_now=time.time(),
+                )
 
-        if not self._queue([e for _, _, events in changes for e in events], save=save):
-            for svc, st, _ in changes:
-                # Saved at the next flush, unless a later result of the turn is there already.
-                self._dirty.setdefault(svc.name, st)
+            events = [e for _, _, evs in group for e in evs]
+            fence = group[0][0].name if self.placement.fenced else None
+            if await self._queue(events, save=save, fence=fence):
+                for svc, st, _ in group:
+                    self.placement.saved(svc.name, st)
+            elif not self.placement.fenced:
+                for svc, st, _ in group:
+                    # Saved at the next flush, unless a later result of the turn is there already.
+                    self._dirty.setdefault(svc.name, st)
 
-    def _queue(self, events: list[_Event], *, save: Callable[[], None] | None = None) -> bool:
-        """Save (``save``) and queue ``events`` in one transaction; False: from memory instead.
+    async def _queue(
+        self,
+        events: list[_Event],
+        *,
+        save: Callable[[], Awaitable[None]] | None = None,
+        fence: str | None = None,
+    ) -> bool:
+        """Save (``save``) and queue ``events`` in one transaction; False when it failed.
 
-        When the transaction fails nothing was queued: the events go out from
-        memory under the same numbers they would have had.
+        Alone, nothing was queued then: the events go out from memory under
+        the same numbers they would have had. In a cluster (writes fenced on
+        service ``fence``), the change is undone, to be confirmed again.
         """
         assert self.store is not None
         assert self.notifier is not None
+        assert self.placement is not None
         if not events and save is None:
             return True
-        before = self.notifier.last_sequence
         try:
-            with self.store.transaction():
+            async with self.notifier.numbering(), self.placement.transaction(fence):
                 if save is not None:
-                    save()
+                    await save()
                 for e in events:
-                    self.notifier.service_event(
+                    await self.notifier.service_event(
                         e.service, e.row, e.note, flags=e.flags, receivers=e.receivers
                     )
+        except Fenced as exc:
+            assert fence is not None
+            self.placement.undo(fence, f"no longer its owner ({exc})")
+            return False
         except StoreError as exc:
+            if self.placement.fenced:
+                assert fence is not None
+                self.placement.undo(fence, f"the state database failed: {exc}")
+                return False
             self._store_failed(exc)
-            self.notifier.last_sequence = before
             for e in events:
-                self.notifier.service_event(
+                await self.notifier.service_event(
                     e.service, e.row, e.note, flags=e.flags, receivers=e.receivers, durable=False
                 )
             return False
         self._store_recovered()
         return True
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         """Save the states that changed without a notification, in one transaction."""
-        self._commit_changes()  # first: a state saved later must not be overwritten by it
-        if not self._dirty or self.store is None:
-            return
-        dirty, self._dirty = self._dirty, {}
-        try:
-            self.store.save_states(dirty.items(), mono_now=time.monotonic(), wall_now=time.time())
-        except StoreError as exc:
-            self._store_failed(exc)
-            self._dirty = {**dirty, **self._dirty}
-            return
-        self._store_recovered()
+        assert self.placement is not None
+        async with self._writing:
+            await self._commit_pending()  # first: a state saved later must not be overwritten
+            if self._dirty and self.store is not None:
+                dirty, self._dirty = self._dirty, {}
+                try:
+                    await self.placement.save_states(dirty)
+                except StoreError as exc:
+                    self._store_failed(exc)
+                    self._dirty = {**dirty, **self._dirty}
+                else:
+                    self._store_recovered()
+        await self.placement.flushed()
 
     def _store_failed(self, exc: StoreError) -> None:
         if not self._store_failing:
-            log.error(
-                "cannot write the state database: %s; checks go on, states are kept in "
-                "memory until it can be written again, notifications are delivered from "
-                "memory (lost if the daemon stops before they leave)",
-                exc,
-            )
+            assert self.placement is not None
+            if self.placement.fenced:
+                log.error(
+                    "cannot write the state database: %s; checks go on, states are kept in "
+                    "memory until it can be written again",
+                    exc,
+                )
+            else:
+                log.error(
+                    "cannot write the state database: %s; checks go on, states are kept in "
+                    "memory until it can be written again, notifications are delivered from "
+                    "memory (lost if the daemon stops before they leave)",
+                    exc,
+                )
         self._store_failing = True
 
     def _store_recovered(self) -> None:
@@ -616,17 +835,18 @@ class Daemon:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
-            self._flush()
+            await self._flush()
 
     async def _heartbeat_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            self._commit_changes()  # numbered before the heartbeat, as they happened
-            counts = self._counts()
-            assert self.store is not None
             assert self.notifier is not None
-            message = self.notifier.heartbeat(**counts)
-            log.info("heartbeat #%d", message.sequence)
+            assert self.placement is not None
+            async with self._writing:
+                await self._commit_pending()  # numbered before the heartbeat, as they happened
+                message = await self.placement.heartbeat(self.notifier, self._counts())
+            if message is not None:
+                log.info("heartbeat #%d", message.sequence)
 
     def _counts(self) -> dict[str, int]:
         counts = {"up": 0, "down": 0, "unknown": 0}

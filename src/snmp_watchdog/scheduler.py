@@ -12,11 +12,13 @@ Rules:
   is spread by ``jitter`` (a fraction: 10% means +/-5% around the delay), and the
   first check of each service is spread over ``jitter`` of its interval, so that
   services do not line up on the same second.
-- Every check result goes through the pure state machine; its notifications are
-  handed to ``on_notification``, after ``on_result`` has seen the result, the
-  new state and the same notifications (a persistent caller saves them together).
-  The scheduler itself decides nothing about up and down. A check that raises
-  ``LocalProblem`` has no verdict: the state stays as it was.
+- Every check result goes through the pure state machine; ``on_result`` gets
+  the result, the new state and its notifications (a persistent caller saves
+  them together). The scheduler itself decides nothing about up and down. A
+  check that raises ``LocalProblem`` has no verdict: the state stays as it was.
+  The result of a check whose service a reload removed or redefined while it
+  ran is dropped: the service is gone, or its new definition decides from its
+  own checks.
 - ``progress`` is the monotonic time of the last dispatcher pass or finished
   check: a supervisor's keep-alive is sent only while it moves.
 """
@@ -37,7 +39,6 @@ from snmp_watchdog.model import Service
 from snmp_watchdog.result import CheckResult
 
 CheckFn = Callable[[Service], Awaitable[CheckResult]]
-NotifyFn = Callable[[Service, "state.ServiceState", state.Notification], None]
 ResultFn = Callable[
     [Service, "state.ServiceState", CheckResult, tuple[state.Notification, ...]], None
 ]
@@ -80,7 +81,6 @@ class Scheduler:
         services: Iterable[Service],
         *,
         check: CheckFn,
-        on_notification: NotifyFn | None = None,
         on_result: ResultFn | None = None,
         max_in_flight: int = 1000,
         clock: Callable[[], float] = time.monotonic,
@@ -88,7 +88,6 @@ class Scheduler:
         initial: dict[str, state.ServiceState] | None = None,
     ) -> None:
         self._check = check
-        self._on_notification = on_notification
         self._on_result = on_result
         self._clock = clock
         self._rng = rng or random.Random()
@@ -115,10 +114,6 @@ class Scheduler:
     @property
     def slots(self) -> dict[str, Slot]:
         return self._slots
-
-    @property
-    def in_flight(self) -> int:
-        return self._running
 
     def set_max_in_flight(self, limit: int) -> None:
         """Change the cap on checks at once (a reload); running checks are not cut short.
@@ -242,15 +237,14 @@ class Scheduler:
         now = self._clock()
         self.progress = now
         self.checks_done += 1
+        if self._slots.get(svc.name) is not slot:
+            # Removed or replaced by a reload while the check ran.
+            log.debug("check %s: result of the previous configuration ignored", svc.name)
+            return
         new_state, notes = state.step(slot.state, result, slot.policy, now)
         slot.state = new_state
         if self._on_result is not None:
             self._on_result(svc, new_state, result, notes)
-        if self._on_notification is not None:
-            for note in notes:
-                self._on_notification(svc, new_state, note)
-        if self._slots.get(svc.name) is not slot:
-            return  # removed or replaced by a reload while the check ran
         base = svc.retry_interval if state.confirming(new_state) else svc.interval
         spread = svc.jitter / 2.0
         delay = base * self._rng.uniform(1.0 - spread, 1.0 + spread)

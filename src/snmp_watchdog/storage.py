@@ -52,6 +52,10 @@ class StateStore(Protocol):
         self, name: str, st: ServiceState, *, mono_now: float, wall_now: float
     ) -> None: ...
 
+    async def save_states(
+        self, states: Iterable[tuple[str, ServiceState]], *, mono_now: float, wall_now: float
+    ) -> None: ...
+
     async def forget(self, names: Iterable[str]) -> None: ...
 
     async def known_indexes(self) -> dict[str, int]: ...
@@ -89,7 +93,7 @@ class SqliteStateStore:
     """``StateStore`` over the SQLite ``Store``: the same calls, the same behaviour."""
 
     def __init__(self, store: Store) -> None:
-        self.sync = store  # for the code that still calls it directly
+        self.sync = store  # the engine, for what reads it beside the daemon (tests, status)
         self.where = str(store.path)
         self.created = store.created
 
@@ -108,6 +112,11 @@ class SqliteStateStore:
         self, name: str, st: ServiceState, *, mono_now: float, wall_now: float
     ) -> None:
         self.sync.save_state(name, st, mono_now=mono_now, wall_now=wall_now)
+
+    async def save_states(
+        self, states: Iterable[tuple[str, ServiceState]], *, mono_now: float, wall_now: float
+    ) -> None:
+        self.sync.save_states(states, mono_now=mono_now, wall_now=wall_now)
 
     async def forget(self, names: Iterable[str]) -> None:
         self.sync.forget(names)

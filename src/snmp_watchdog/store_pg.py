@@ -329,6 +329,14 @@ class PgStore:
             _SAVE_STATE, {"name": name, **encode_state(st, mono_now=mono_now, wall_now=wall_now)}
         )
 
+    async def save_states(
+        self, states: Iterable[tuple[str, ServiceState]], *, mono_now: float, wall_now: float
+    ) -> None:
+        """``save_state`` for many services in one transaction."""
+        rows = [(n, *encode_state(st, mono_now=mono_now, wall_now=wall_now)) for n, st in states]
+        async with self.transaction(), self._conn() as conn, conn.cursor() as cur:
+            await cur.executemany(_SAVE_STATE, rows)
+
     async def forget(self, names: Iterable[str]) -> None:
         """Delete the states of these services (no longer configured)."""
         await self._write("DELETE FROM service WHERE name = ANY(%s)", (list(names),))

@@ -1,10 +1,13 @@
 """A receiver's queue kept in the state database, so a restart loses nothing.
 
 Every notification, trap or inform, is written to the store's outbox when it
-is submitted (in the caller's transaction, together with the service state
-that produced it) and deleted only once it has left (a trap) or been
-acknowledged or given up (an inform). A crash between the two sends it again
-after the restart: at least once, never lost.
+is submitted (``write``, in the caller's transaction, together with the
+service state that produced it) and deleted only once it has left (a trap) or
+been acknowledged or given up (an inform). A crash between the two sends it
+again after the restart: at least once, never lost. The queue speaks to the
+store only through the async ``StateStore`` interface; the writes that follow
+a delivery (the delete, an attempt's error) run in tasks of their own, in the
+order they were made, so the dispatcher's calls never wait for the store.
 
 Memory stays bounded however long a receiver is away: the queue holds at most
 ``window`` notifications in memory and reads the next ones from the database
@@ -40,13 +43,17 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from snmp_watchdog.clocks import to_mono, to_wall
 from snmp_watchdog.exceptions import StoreError
 from snmp_watchdog.notify.message import Message, decode, encode
 from snmp_watchdog.notify.outbox import Pending
-from snmp_watchdog.store import OutboxRow, Store
+from snmp_watchdog.store import OutboxRow
+
+if TYPE_CHECKING:
+    from snmp_watchdog.storage import StateStore
 
 log = logging.getLogger("snmp_watchdog")
 
@@ -60,7 +67,7 @@ class StoreQueue:
 
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         receiver: str,
         *,
         window: int = 100,
@@ -77,17 +84,29 @@ class StoreQueue:
         self._rows: collections.deque[tuple[OutboxRow, float]] = collections.deque()
         self._volatile: collections.deque[Pending] = collections.deque()  # store not writable
         self._last_loaded = 0  # highest row id loaded so far
+        # Rows stored beyond ``_last_loaded``, as far as this queue knows (exact after a load).
+        self._unloaded = 0
         # (first row id, wall - monotonic offset) for the rows from that id on; a new
         # entry only when the offset moved (the wall clock was stepped).
         self._frames: list[tuple[int, float]] = [(0, wall() - clock())]
-        self._removed: set[int] = set()  # delivered, but the store could not delete them yet
+        # Delivered, their delete not yet committed: never loaded (so never sent) again.
+        self._removed: set[int] = set()
+        self._writes: asyncio.Task[None] | None = None  # the last of the writes in order
         self._added = asyncio.Event()
 
-    def append(self, item: Pending) -> None:
-        """Write ``item`` to the outbox (in the caller's transaction, if any)."""
+    async def count(self) -> int:
+        """How many are waiting, counted in the store (at start: what a restart left)."""
+        with contextlib.suppress(StoreError):
+            self._unloaded = await self._store.count_pending(
+                self._receiver, after=self._last_loaded
+            )
+        return len(self)
+
+    async def write(self, item: Pending) -> int:
+        """Write ``item`` to the outbox (in the caller's transaction, if any); its row id."""
         mono, wall = self._clock(), self._wall()
         offset = wall - mono
-        row = self._store.enqueue(
+        row = await self._store.enqueue(
             self._receiver,
             encode(item.message),
             created=to_wall(item.submitted, mono_now=mono, wall_now=wall),
@@ -95,7 +114,12 @@ class StoreQueue:
         )
         if abs(offset - self._frames[-1][1]) > CLOCK_STEP:
             self._frames.append((row, offset))
+        self._unloaded += 1  # made exact by the next load, should the transaction fail
         self._added.set()
+        return row
+
+    def append(self, item: Pending) -> None:
+        raise AssertionError("stored notifications are added with write(), in a transaction")
 
     def append_volatile(self, item: Pending) -> None:
         if item.message.kind == "heartbeat":
@@ -112,7 +136,7 @@ class StoreQueue:
         while True:
             if not self._items:
                 if not self._rows:
-                    self._load()
+                    await self._load()
                 self._decode_next()
             if self._items and self._volatile:
                 stored, volatile = self._items[0], self._volatile[0]
@@ -129,44 +153,59 @@ class StoreQueue:
             self._volatile.remove(item)
             return
         self._items.remove(item)
+        self._removed.add(item.key)
+        self._later(self._delete(item.key))
+
+    async def _delete(self, key: int) -> None:
         try:
-            self._store.remove(item.key)
-            self._retry_removals()
+            await self._store.remove(key)
         except StoreError:
-            self._removed.add(item.key)  # not sent again by this process
+            return  # not sent again by this process; the next start sends it again
+        self._removed.discard(key)
 
     def failed(self, item: Pending, error: str) -> None:
         if item.key:
-            with contextlib.suppress(StoreError):  # only a counter for `watchdog status`
-                self._store.mark_attempt(item.key, error)
+            self._later(self._store.mark_attempt(item.key, error))  # only for `watchdog status`
 
     def clear(self) -> int:
         dropped = len(self)
         self._items.clear()
         self._rows.clear()
         self._volatile.clear()
-        self._store.discard(self._receiver)
+        self._unloaded = 0
+        self._later(self._store.discard(self._receiver))
         return dropped
 
     def __len__(self) -> int:
-        try:
-            stored = self._store.count_pending(self._receiver, after=self._last_loaded)
-        except StoreError:
-            stored = 0
-        return len(self._items) + len(self._rows) + stored + len(self._volatile)
+        return len(self._items) + len(self._rows) + self._unloaded + len(self._volatile)
 
-    def _retry_removals(self) -> None:
-        while self._removed:
-            key = self._removed.pop()
-            self._store.remove(key)
+    def _later(self, write: Awaitable[object]) -> None:
+        """Run ``write`` after the writes started before it (a failure is not fatal)."""
+        previous = self._writes
 
-    def _load(self) -> None:
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            try:
+                await write
+            except StoreError as exc:
+                log.debug("outbox of %s: %s", self._receiver, exc)
+
+        self._writes = asyncio.get_running_loop().create_task(run())
+
+    async def settle(self) -> None:
+        """Wait for the writes started so far."""
+        if self._writes is not None:
+            await asyncio.shield(self._writes)
+
+    async def _load(self) -> None:
         """Read the next window of stored rows (not decoded: see ``_decode_next``)."""
         try:
-            rows = self._store.pending(self._receiver, self._window, after=self._last_loaded)
+            rows = await self._store.pending(self._receiver, self._window, after=self._last_loaded)
         except StoreError:
             return
         mono = self._clock()
+        self._unloaded = max(0, self._unloaded - len(rows)) if len(rows) == self._window else 0
         for row in rows:
             self._last_loaded = row.id
             if row.id in self._removed:
@@ -190,7 +229,8 @@ class StoreQueue:
                     self._receiver,
                     exc,
                 )
-                self._store.remove(row.id)
+                self._removed.add(row.id)
+                self._later(self._delete(row.id))
                 continue
             self._items.append(Pending(self._receiver, message, submitted, row.id))
             return

@@ -7,17 +7,20 @@ Rules:
   gap. A number handed out while the database could not be written is kept in
   memory and the stored sequence continues above it; a restart continues
   after the last stored number, never below it.
-* ``service_event`` and ``heartbeat`` only write to the durable outbox (inside
-  the caller's transaction, with the state that produced them) and return;
-  the dispatcher's per-receiver workers deliver. Nothing here waits for the
-  network.
+* ``service_event`` only writes to the durable outbox (inside the caller's
+  transaction, with the state that produced it) and returns; ``heartbeat``
+  only queues in memory; the dispatcher's per-receiver workers deliver.
+  Nothing here waits for the network. The store is the async ``StateStore``.
 * A service's notifications go to its own receivers; heartbeats to all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from snmp_watchdog import model, state
 from snmp_watchdog.clocks import wall_time
@@ -26,49 +29,122 @@ from snmp_watchdog.notify.durable import StoreQueue
 from snmp_watchdog.notify.engine import format_engine_id
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
-from snmp_watchdog.notify.outbox import Dispatcher
+from snmp_watchdog.notify.outbox import Dispatcher, Pending, PendingQueue, notification_label
 from snmp_watchdog.notify.sender import Sender
-from snmp_watchdog.store import Store
+
+if TYPE_CHECKING:
+    from snmp_watchdog.storage import StateStore
 
 log = logging.getLogger("snmp_watchdog")
 
 
+class OutboxQueue(PendingQueue, Protocol):
+    """A receiver's queue in the store's outbox, which the notifier writes to."""
+
+    async def write(self, item: Pending) -> int:
+        """Write ``item`` to the outbox, in the caller's transaction; its row id."""
+        ...
+
+    async def count(self) -> int:
+        """How many wait, counted in the store."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait for the queue's own writes started so far."""
+        ...
+
+
+class DispatcherFactory(Protocol):
+    def __call__(
+        self,
+        sender: Sender,
+        receivers: Sequence[model.Receiver],
+        queue_factory: Callable[[str], PendingQueue],
+    ) -> Dispatcher: ...
+
+
+def _dispatcher(
+    sender: Sender,
+    receivers: Sequence[model.Receiver],
+    queue_factory: Callable[[str], PendingQueue],
+) -> Dispatcher:
+    return Dispatcher(sender, receivers, log=log, queue_factory=queue_factory)
+
+
 class Notifier:
-    def __init__(self, config: model.Config, store: Store, *, started: float) -> None:
+    """Numbers notifications, writes them to the outbox and owns their delivery.
+
+    ``queue`` makes a receiver's queue (the default: ``StoreQueue``, this
+    process's own delivery), ``dispatcher`` the dispatcher; ``resume``: at
+    ``start``, deliver what the outbox holds.
+    """
+
+    def __init__(
+        self,
+        config: model.Config,
+        store: StateStore,
+        *,
+        started: float,
+        queue: Callable[[str], OutboxQueue] | None = None,
+        dispatcher: DispatcherFactory = _dispatcher,
+        resume: bool = True,
+    ) -> None:
         self._store = store
         self._started = started
         self._builder = MessageBuilder(Oids(config.settings.oid_root))
         self._all = tuple(r.name for r in config.receivers)
-        # The last number used, also while the store was failing.
-        self.last_sequence = store.last_sequence()
+        # The last number used, also while the store was failing (read by ``start``).
+        self.last_sequence = 0
         self.sender = Sender(config.settings, config.receivers, started=started)
-        self.dispatcher = Dispatcher(
-            self.sender,
-            config.receivers,
-            log=log,
-            queue_factory=lambda name: StoreQueue(store, name),
-        )
+        self._make_queue = queue or (lambda name: StoreQueue(store, name))
+        self._resume = resume
+        self._queues: dict[str, OutboxQueue] = {}  # the dispatcher's, to write to
+        self.dispatcher = dispatcher(self.sender, config.receivers, self._queue)
+
+    def _queue(self, name: str) -> OutboxQueue:
+        queue = self._queues[name] = self._make_queue(name)
+        return queue
+
+    @contextlib.asynccontextmanager
+    async def numbering(self) -> AsyncIterator[None]:
+        """Around a transaction that numbers notifications: if it fails, so do the numbers.
+
+        The numbers it took are handed out again (the store's sequence rolled
+        back with it), so that notifications sent from memory instead keep them.
+        """
+        before = self.last_sequence
+        try:
+            yield
+        except BaseException:
+            self.last_sequence = before
+            raise
 
     async def start(self) -> None:
+        self.last_sequence = await self._store.last_sequence()
         await self.sender.start()
         log.info(
             "SNMP engine ID %s (boots %d)",
             format_engine_id(self.sender.engine_id),
             self.sender.engine_boots,
         )
-        self.dispatcher.resume()
-        waiting = self.dispatcher.pending()
+        if not self._resume:
+            return
+        waiting = 0
+        for name, count in (await self._store.pending_counts()).items():
+            if name in self._all and count:
+                self.dispatcher.wake(name)
+                waiting += await self._queues[name].count()
         if waiting:
             log.info("%d notification(s) from before the restart are being delivered", waiting)
 
-    def _sequence(self, durable: bool) -> int:
+    async def _sequence(self, durable: bool) -> int:
         if durable:
-            self.last_sequence = self._store.next_sequence(above=self.last_sequence)
+            self.last_sequence = await self._store.next_sequence(above=self.last_sequence)
         else:
             self.last_sequence += 1
         return self.last_sequence
 
-    def service_event(
+    async def service_event(
         self,
         svc: model.Service,
         index: int,
@@ -81,8 +157,8 @@ class Notifier:
         """Queue the notification for the service's receivers (or ``receivers``).
 
         ``durable`` (the default) writes it to the outbox: call it inside the
-        transaction that saves the state. If that transaction fails, set
-        ``last_sequence`` back and call again with ``durable=False``.
+        transaction that saves the state, within ``numbering()``. If that
+        transaction fails, call again with ``durable=False``.
         """
         message = self._builder.service_event(
             kind=note.kind,
@@ -95,23 +171,41 @@ class Notifier:
             count=note.count,
             elapsed=note.elapsed,
             at_wall=wall_time(note.at),
-            sequence=self._sequence(durable),
+            sequence=await self._sequence(durable),
             flags="reminder" if note.reminder else flags,
         )
         targets = svc.receivers if receivers is None else receivers
-        self.dispatcher.submit(message, targets, volatile=not durable)
+        if not durable:
+            self.dispatcher.submit(message, targets, volatile=True)
+            return message
+        await self._write(message, targets)
         return message
 
-    def heartbeat(self, *, up: int, down: int, unknown: int) -> Message:
+    async def _write(self, message: Message, targets: Sequence[str]) -> None:
+        now = time.monotonic()
+        for name in targets:
+            if not self.dispatcher.wake(name):
+                log.warning("%s: no receiver named %r", notification_label(message), name)
+                continue
+            await self._queues[name].write(Pending(name, message, now))
+
+    async def heartbeat(
+        self, *, up: int, down: int, unknown: int, durable: bool = False
+    ) -> Message:
         """Queue a heartbeat for every receiver (in memory: a missed one has no value later).
 
         Its number is taken from the stored sequence like any other, so that
-        a restart does not hand it out again.
+        a restart does not hand it out again. ``durable``: written to the
+        outbox like a service's notification instead (in the caller's
+        transaction, within ``numbering()``), for whoever delivers it.
         """
-        try:
-            sequence = self._sequence(durable=True)
-        except StoreError:
-            sequence = self._sequence(durable=False)
+        if durable:
+            sequence = await self._sequence(durable=True)
+        else:
+            try:
+                sequence = await self._sequence(durable=True)
+            except StoreError:
+                sequence = await self._sequence(durable=False)
         message = self._builder.heartbeat(
             sequence=sequence,
             up=up,
@@ -119,7 +213,10 @@ class Notifier:
             unknown=unknown,
             uptime=time.monotonic() - self._started,
         )
-        self.dispatcher.submit(message, self._all, volatile=True)
+        if durable:
+            await self._write(message, self._all)
+        else:
+            self.dispatcher.submit(message, self._all, volatile=True)
         return message
 
     async def reconfigure(self, config: model.Config) -> None:
@@ -131,4 +228,6 @@ class Notifier:
 
     async def close(self) -> None:
         await self.dispatcher.close()
+        for queue in self._queues.values():
+            await queue.settle()
         await self.sender.close()

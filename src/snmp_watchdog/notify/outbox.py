@@ -191,6 +191,18 @@ class Dispatcher:
                 queue.append(Pending(name, message, now))
             self._ensure_worker(name)
 
+    def wake(self, name: str) -> bool:
+        """Deliver what the queue of ``name`` holds (written to it directly, not submitted).
+
+        False when there is no such receiver.
+        """
+        if name not in self._receivers:
+            return False
+        if name not in self._queues:
+            self._queues[name] = self._queue_factory(name)
+        self._ensure_worker(name)
+        return True
+
     def resume(self) -> None:
         """Start delivering what the queues already hold (a durable queue after a restart)."""
         for name in self._receivers:
