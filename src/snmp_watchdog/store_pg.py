@@ -333,7 +333,10 @@ class PgStore:
         self, states: Iterable[tuple[str, ServiceState]], *, mono_now: float, wall_now: float
     ) -> None:
         """``save_state`` for many services in one transaction."""
-        rows = [(n, *encode_state(st, mono_now=mono_now, wall_now=wall_now)) for n, st in states]
+        rows = [
+            {"name": n, **encode_state(st, mono_now=mono_now, wall_now=wall_now)}
+            for n, st in states
+        ]
         async with self.transaction(), self._conn() as conn, conn.cursor() as cur:
             await cur.executemany(_SAVE_STATE, rows)
 
