@@ -35,7 +35,7 @@ from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.snmp import Version
-from snmp_watchdog.state import Kind
+from snmp_watchdog.state import Kind, State
 from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 from tests.helpers import Daemon, SmtpServer, free_tcp_port, pending_rows
@@ -338,8 +338,8 @@ def test_sigterm_twice_during_a_flood_of_checks_stops_cleanly_and_loses_nothing(
 def _message(sequence: int) -> Message:
     svc = Service(name=f"s{sequence}", host="127.0.0.1", port=25, check=CheckKind.SMTP)
     return MessageBuilder(OIDS).service_event(
-        kind=Kind.DOWN if sequence % 2 else Kind.UP, service=svc, index=1, state="down",
-        previous="up", reason=Reason.REFUSED, detail="", count=2, elapsed=0.001,
+        kind=Kind.DOWN if sequence % 2 else Kind.UP, service=svc, index=1, state=State.DOWN,
+        previous=State.UP, reason=Reason.REFUSED, detail="", count=2, elapsed=0.001,
         at_wall=1.7e9, sequence=sequence,
     )  # fmt: skip
 

@@ -11,7 +11,7 @@ from snmp_watchdog import __version__, model
 from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import MAX32, Oids, date_and_time, display_text
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.state import Kind
+from snmp_watchdog.state import Kind, State
 
 ROOT = (1, 3, 6, 1, 4, 1, 99999)
 MAIL = model.Service(name="mail", host="mx.example.net", port=25, check=model.CheckKind.SMTP)
@@ -24,8 +24,8 @@ def event(builder: MessageBuilder, **changes: object) -> Message:
         "kind": Kind.DOWN,
         "service": MAIL,
         "index": 7,
-        "state": "down",
-        "previous": "up",
+        "state": State.DOWN,
+        "previous": State.UP,
         "reason": Reason.REFUSED,
         "detail": "connection refused",
         "count": 3,
@@ -77,7 +77,9 @@ def test_down_carries_the_service_columns_then_sequence_and_flags(builder: Messa
 
 def test_up_pairs_with_down_variable_for_variable(builder: MessageBuilder) -> None:
     down = event(builder)
-    up = event(builder, kind=Kind.UP, state="up", previous="down", reason=Reason.OK, detail="")
+    up = event(
+        builder, kind=Kind.UP, state=State.UP, previous=State.DOWN, reason=Reason.OK, detail=""
+    )
     assert up.notification == (*ROOT, 0, 2)
     assert [oid for oid, _ in up.varbinds] == [oid for oid, _ in down.varbinds]
     assert values(up)[(*ROOT, 1, 2, 1, 8, 7)] == (Integer32, 0)  # ok
@@ -102,8 +104,8 @@ def test_flags(builder: MessageBuilder, flags: str, number: int) -> None:
     assert values(event(builder, flags=flags))[(*ROOT, 1, 1, 7, 0)] == (Integer32, number)
 
 
-@pytest.mark.parametrize(("state", "number"), [("up", 1), ("down", 2), ("unknown", 3)])
-def test_states(builder: MessageBuilder, state: str, number: int) -> None:
+@pytest.mark.parametrize(("state", "number"), [(State.UP, 1), (State.DOWN, 2), (State.UNKNOWN, 3)])
+def test_states(builder: MessageBuilder, state: State, number: int) -> None:
     msg = values(event(builder, state=state, previous=state))
     assert msg[(*ROOT, 1, 2, 1, 6, 7)] == msg[(*ROOT, 1, 2, 1, 7, 7)] == (Integer32, number)
 
@@ -124,8 +126,6 @@ def test_the_index_instances_every_column(builder: MessageBuilder) -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"state": "flapping"},
-        {"previous": "UP"},
         {"flags": "late"},
         {"index": 0},
         {"index": MAX32 + 1},
@@ -226,8 +226,8 @@ def test_encode_decode_round_trip_keeps_every_oid_type_and_value() -> None:
         kind=Kind.DOWN,
         service=svc,
         index=3,
-        state="down",
-        previous="up",
+        state=State.DOWN,
+        previous=State.UP,
         reason=Reason.REFUSED,
         detail="connection refused \u00e9",
         count=3,

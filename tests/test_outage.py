@@ -21,7 +21,7 @@ from snmp_watchdog.notify.message import MessageBuilder, encode
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Pending
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.state import Kind
+from snmp_watchdog.state import Kind, State
 from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
 from tests.helpers import (
@@ -198,7 +198,7 @@ def _fill_outbox(state_dir: Path, receiver: str, count: int) -> None:
             svc = Service(name=f"service-{n:05}", host=f"host-{n}.example.net", port=25,
                           check=CheckKind.SMTP)  # fmt: skip
             message = builder.service_event(
-                kind=Kind.DOWN, service=svc, index=n, state="down", previous="up",
+                kind=Kind.DOWN, service=svc, index=n, state=State.DOWN, previous=State.UP,
                 reason=Reason.TIMEOUT, detail="no greeting within 5.0 s " + "x" * 100,
                 count=3, elapsed=5.0, at_wall=now, sequence=n,
             )  # fmt: skip

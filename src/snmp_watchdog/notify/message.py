@@ -14,9 +14,9 @@ Rules:
   times are clamped to 0..4294967295 (Gauge32 latches at its maximum); the
   sequence number and TimeTicks wrap modulo 2**32, as the SMI defines; times of
   change are ``DateAndTime`` in UTC (11 octets, direction ``+``, offset 0:0).
-* The notification is named by the state machine's ``Kind``. Anything else
-  that is not a value of the MIB (an unknown state or flag, an index of 0)
-  raises ``ValueError``: it is a bug in the caller.
+* The notification and the states are the state machine's ``Kind`` and
+  ``State``. Anything else that is not a value of the MIB (an unknown flag,
+  an index of 0) raises ``ValueError``: it is a bug in the caller.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from snmp_watchdog.notify.mib import (
     display_text,
 )
 from snmp_watchdog.reasons import Reason
-from snmp_watchdog.state import Kind
+from snmp_watchdog.state import Kind, State
 
 Varbind = tuple[tuple[int, ...], object]
 
@@ -137,8 +137,8 @@ class MessageBuilder:
         kind: Kind,
         service: model.Service,
         index: int,
-        state: str,
-        previous: str,
+        state: State,
+        previous: State,
         reason: Reason,
         detail: str,
         count: int,
@@ -156,8 +156,8 @@ class MessageBuilder:
         if not 1 <= index <= MAX32:
             raise ValueError(f"wdServiceIndex must be 1..{MAX32}, not {index}")
         o = self.oids
-        state_value = _enum(STATE_VALUES, "state", state)
-        previous_value = _enum(STATE_VALUES, "state", previous)
+        state_value = STATE_VALUES[state.value]
+        previous_value = STATE_VALUES[previous.value]
         columns: tuple[tuple[tuple[int, ...], object], ...] = (
             (o.service_name, _text(service.name, NAME_SIZE)),
             (o.service_host, _text(service.host, HOST_SIZE)),
