@@ -132,7 +132,12 @@ class _Entry:
 _contexts: dict[tuple[Path | None, bool], _Entry] = {}
 
 
-def _build(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+def build_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    """A new client context: TLS 1.2 at least, ``ca_file`` (else the system's CAs) trusted.
+
+    The one recipe of a check's context; ``check-config`` builds one to prove a
+    ``ca_file`` usable. Raises ``OSError`` or ``ssl.SSLError`` when it is not.
+    """
     context = ssl.create_default_context(cafile=ca_file if verify else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
@@ -151,7 +156,7 @@ def client_context(service: Service) -> ssl.SSLContext:
     entry = _contexts.setdefault((ca_file, verify), _Entry())
     if ca_file is None:
         if entry.context is None:
-            entry.context = _build(None, verify)
+            entry.context = build_context(None, verify)
         return entry.context
     seen: _Seen
     try:
@@ -164,7 +169,7 @@ def client_context(service: Service) -> ssl.SSLContext:
         problem = seen if isinstance(seen, str) else None
         if problem is None:
             try:
-                context = _build(ca_file, verify)
+                context = build_context(ca_file, verify)
             except (OSError, ssl.SSLError) as exc:
                 problem = f"cannot use it: {_why(exc)}"
             else:

@@ -20,6 +20,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from snmp_watchdog.checks._net import build_context
 from snmp_watchdog.config.problems import Problems
 from snmp_watchdog.config.yaml import Path as KeyPath
 from snmp_watchdog.model import Secret
@@ -77,7 +78,7 @@ class Resources:
         if path not in self._ca_files:
             error: str | None = None
             try:
-                ssl.create_default_context(cafile=str(path))
+                build_context(path, verify=True)
             except FileNotFoundError as exc:
                 error = f"cannot read {path}: {exc.strerror}"
             except ssl.SSLError as exc:
