@@ -6,6 +6,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -107,7 +108,10 @@ def write_cluster(
     services: dict[str, int],
     *,
     heartbeat: str = "0s",
+    to: dict[str, str] | None = None,
 ) -> None:
+    """``to``: a service's ``receivers`` (default: all)."""
+    to = to or {}
     path.write_text(
         f"""
 watchdog: {{state_dir: {path.parent}/{node}, store: {url}, node: {node}, lease: 2s,
@@ -118,18 +122,25 @@ receivers:
         + "".join(f"  - {r}\n" for r in receivers)
         + "services:\n"
         + "".join(
-            f"  - {{name: {name}, host: 127.0.0.1, port: {port}, check: tcp}}\n"
+            f"  - {{name: {name}, host: 127.0.0.1, port: {port}, check: tcp"
+            + (f", receivers: [{to[name]}]" if name in to else "")
+            + "}\n"
             for name, port in services.items()
         )
     )
 
 
 def start_cluster(
-    tmp_path: Path, url: str, receivers: list[str], services: dict[str, int], daemons: list[Daemon]
+    tmp_path: Path,
+    url: str,
+    receivers: list[str],
+    services: dict[str, int],
+    daemons: list[Daemon],
+    **settings: Any,
 ) -> dict[str, Daemon]:
     nodes = {}
     for node in NODES:
-        write_cluster(tmp_path / f"{node}.yaml", node, url, receivers, services)
+        write_cluster(tmp_path / f"{node}.yaml", node, url, receivers, services, **settings)
         nodes[node] = Daemon(tmp_path / f"{node}.yaml", env={"WATCHDOG_TEST_PG_PASSWORD": PASSWORD})
         daemons.append(nodes[node])
     for d in nodes.values():
@@ -143,7 +154,7 @@ def reload_cluster(
     url: str,
     receivers: list[str],
     services: dict[str, int],
-    **settings: str,
+    **settings: Any,
 ) -> None:
     marks = {}
     for node, d in nodes.items():
@@ -284,3 +295,35 @@ def test_a_reload_turns_the_cluster_heartbeat_on_and_off(
     assert heartbeats() == stopped
     assert stopped == list(range(1, len(stopped) + 1))  # from one node at a time
     listener.stop()
+
+
+def test_a_reload_giving_a_receiver_a_down_service_sends_it_the_down_flagged_added(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    snmptrapd: Callable[..., Snmptrapd],
+    daemons: list[Daemon],
+) -> None:
+    """So that the Up to come pairs with something, as alone."""
+    database = postgres_server.create_database()
+    url = f"postgresql://{SUPERUSER}@127.0.0.1:{postgres_server.port}/{database}"
+    first = snmptrapd(communities=["public"])
+    late = snmptrapd(communities=["public"])
+    receivers = [
+        f"{{name: {name}, host: 127.0.0.1, port: {trapd.port}, version: 2c, community: public}}"
+        for name, trapd in (("first", first), ("late", late))
+    ]
+    failing = Listener()
+    failing.start()
+    services = {"down": failing.port}
+    nodes = start_cluster(tmp_path, url, receivers, services, daemons, to={"down": "first"})
+    time.sleep(1.5)  # the services and the receivers are shared out
+    failing.stop()
+    first.wait_for(1, timeout=15)
+    reload_cluster(tmp_path, nodes, url, receivers, services, to={"down": "first, late"})
+    (added,) = late.wait_for(1, timeout=15)
+    time.sleep(1.5)  # a second one (from the other node) would show now
+    assert len(late.notifications) == 1, late.log
+    assert added.trap_oid == DOWN
+    assert added.varbinds[FLAGS].text == "5"  # added(5)
+    assert added.varbinds[SEQUENCE].text == "2"  # the cluster's sequence
+    assert len(first.notifications) == 1, first.log
