@@ -141,7 +141,7 @@ def test_a_turn_whose_store_suspends_commits_before_the_next_turn_writes(
                 half = SERVICES // 2
                 for turn in (config.services[:half], config.services[half:]):
                     for svc in turn:
-                        policy = state.Policy.from_service(svc)
+                        policy = policy_for(svc)
                         now = time.monotonic()
                         st, notes = state.step(state.ServiceState(), failed, policy, now)
                         daemon._persist_and_notify(svc, st, notes)
