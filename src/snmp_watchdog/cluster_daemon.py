@@ -340,8 +340,14 @@ class ClusterNode(Standalone):
         return config
 
     async def start(self, daemon: Daemon, config: model.Config) -> dict[str, state.ServiceState]:
-        """Nothing is owned yet: services come with the membership's first answer."""
+        """Nothing is owned yet: services come with the membership's first answer.
+
+        The states of services no longer configured are forgotten (their open
+        Downs closed) as alone: by whichever node comes first.
+        """
         self.daemon = daemon
+        saved = await self.pg.load_states(mono_now=time.monotonic(), wall_now=time.time())
+        await daemon._forget_removed(config, self.pg, saved)
         daemon.indexes = await self.pg.service_indexes(s.name for s in config.services)
         return {}
 
