@@ -40,7 +40,9 @@ a receiver that stops hearing of a service that is down gets an Up flagged
 (both written to the shared outbox by the service's owner, numbered in the
 cluster's sequence); the queues of removed receivers are discarded and the
 states of removed services forgotten (by every node: whoever comes first);
-the heartbeat follows the file. ``store``, ``store_password``, ``node``,
+the heartbeat follows the file. At start, the states of services no longer
+in the file are forgotten and their open Downs closed as alone, once, by the
+first node to forget them. ``store``, ``store_password``, ``node``,
 ``lease``, ``state_dir`` and ``engine_id`` change only with a restart.
 
 With ``status_dir``, every node keeps a file for every service of the
