@@ -2,9 +2,11 @@
 
 It holds what must survive a restart (SPEC section 9): each service's
 ``ServiceState`` (confirmed state, counters, last change, last notified
-state), the notification sequence number, small daemon-wide values such as the
-SNMPv3 engine ID (``meta``), and the informs not yet acknowledged, per
-receiver (the outbox).
+state) and, while its last notification is a Down, whom that Down told
+(``save_told``: what closes it if the service leaves the file while the
+daemon is stopped), the notification sequence number, small daemon-wide
+values such as the SNMPv3 engine ID (``meta``), and the informs not yet
+acknowledged, per receiver (the outbox).
 
 Rules:
 
