@@ -633,3 +633,44 @@ def test_a_down_saved_by_an_older_version_without_its_receivers_is_left_with_a_w
     assert not [line for line in d.lines if "up removed" in line]
     assert set(stored(tmp_path / "state")) == {"other"}
     assert [kind for _, kind, _ in described(trapd.wait_for(2))] == ["down", "down"]
+
+
+def test_a_receiver_a_reload_already_closed_is_not_told_again_when_the_service_goes_while_stopped(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], daemons: list[Daemon]
+) -> None:
+    """A reload takes one of its two receivers from a down service (an Up flagged
+    removed to it); removed while stopped, only the other one still holds the Down:
+    it alone gets the Up at the next start."""
+    first, second = snmptrapd(), snmptrapd()
+    assert first.port is not None
+    assert second.port is not None
+    receivers = receiver(first.port).replace("name: nms", "name: first") + receiver(
+        second.port
+    ).replace("name: nms", "name: second")
+    cfg = tmp_path / "watchdog.yaml"
+    port = free_tcp_port()
+    write(cfg, tmp_path, receivers, service("mail", port, ", receivers: [first, second]"))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"down #1 \(mail\) sent to first")
+    d.wait_for(r"down #1 \(mail\) sent to second")
+    write(cfg, tmp_path, receivers, service("mail", port, ", receivers: [second]"))
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"up #2 \(mail\) sent to first", start=mark)
+    time.sleep(0.5)  # checks of mail, still down: nothing more to send
+    assert d.stop() == 0
+
+    write(cfg, tmp_path, receivers, "  []\n")
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"mail: up removed to second \(removed from the configuration")
+    d.wait_for(r"up #3 \(mail\) sent to second")
+    assert d.stop() == 0
+
+    second.wait_for(2)
+    time.sleep(0.3)
+    assert described(first.notifications) == [(1, "down", "mail"), (2, "up", "mail")]
+    assert described(second.notifications) == [(1, "down", "mail"), (3, "up", "mail")]
+    assert len(first.notifications) == len(second.notifications) == 2
+    assert second.notifications[-1].varbinds[FLAGS].text == "4"  # removed(4)
