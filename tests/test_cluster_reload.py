@@ -222,6 +222,54 @@ def test_a_reload_removing_a_down_service_closes_its_problem_once_and_forgets_it
     listener.stop()
 
 
+def test_a_down_service_removed_while_the_cluster_was_stopped_is_closed_once_at_its_start(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    snmptrapd: Callable[..., Snmptrapd],
+    daemons: list[Daemon],
+) -> None:
+    """Both nodes start together with the service gone from their file: one of them
+    (whoever forgets its state first) sends the Up flagged removed, once."""
+    database = postgres_server.create_database()
+    url = f"postgresql://{SUPERUSER}@127.0.0.1:{postgres_server.port}/{database}"
+    listener = Listener()
+    listener.start()
+    trapd = snmptrapd(communities=["public"])
+    receivers = [
+        f"{{name: traps, host: 127.0.0.1, port: {trapd.port}, version: 2c, community: public}}"
+    ]
+    services = {"stays": listener.port, "gone": free_tcp_port()}
+    nodes = start_cluster(tmp_path, url, receivers, services, daemons)
+    down = trapd.wait_for(1, timeout=15)[0]
+    assert down.trap_oid == DOWN
+    time.sleep(0.5)
+    for d in nodes.values():
+        assert d.stop() == 0
+
+    del services["gone"]
+    nodes = start_cluster(tmp_path, url, receivers, services, daemons)
+    trapd.wait_for(2, timeout=15)
+    time.sleep(1.5)  # a second one (from the other node) would show now
+    for d in nodes.values():
+        assert d.stop() == 0
+    received = trapd.notifications
+    logs = {node: d.lines for node, d in nodes.items()}
+    assert len(received) == 2, logs
+    up = received[1]
+    assert up.trap_oid == UP
+    assert next(v.text for k, v in up.varbinds.items() if k.startswith(NAME)).strip('"') == "gone"
+    assert up.varbinds[FLAGS].text == "4"  # removed(4)
+    state = ".".join(map(str, OIDS.service_state)) + "."
+    assert next(v.text for k, v in up.varbinds.items() if k.startswith(state)) == "3"  # unknown
+    assert [int(n.varbinds[SEQUENCE].text) for n in received] == [1, 2]  # the cluster's sequence
+    told = [line for lines in logs.values() for line in lines if "gone: up removed" in line]
+    assert len(told) == 1, logs
+    with psycopg.connect(postgres_server.url(database), autocommit=True) as db:
+        rows = db.execute("SELECT name FROM service ORDER BY name").fetchall()
+    assert rows == [("stays",)]
+    listener.stop()
+
+
 def test_a_reload_removing_a_receiver_discards_its_queue_with_a_warning(
     tmp_path: Path,
     postgres_server: PostgresServer,

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -531,3 +532,145 @@ def test_allow_weak_crypto_and_a_weak_receiver_added_by_one_reload(
     d.wait_for(r"configuration reloaded: 2 services \(1 added", start=mark)
     d.wait_for(r"down #1 \(dead\) to old acknowledged", start=mark)
     assert d.stop() == 0
+
+
+def value(notification: Received, column: tuple[int, ...]) -> str:
+    """The text of the varbind of table column ``column`` (any service index)."""
+    prefix = ".".join(map(str, column)) + "."
+    return next(v.text for k, v in notification.varbinds.items() if k.startswith(prefix))
+
+
+def test_a_service_removed_while_stopped_gets_its_down_closed_at_the_next_start(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], daemons: list[Daemon]
+) -> None:
+    """As a reload would: an Up flagged removed (state unknown) to each receiver told
+    the Down that is still configured; a receiver removed with it hears nothing; the
+    next start sends nothing more."""
+    stays, goes = snmptrapd(), snmptrapd()
+    assert stays.port is not None
+    assert goes.port is not None
+    both = receiver(stays.port).replace("name: nms", "name: stays") + receiver(goes.port).replace(
+        "name: nms", "name: goes"
+    )
+    dead_port = free_tcp_port()
+    dead = service("dead", dead_port, ", receivers: [stays, goes]")
+    kept = service("kept", free_tcp_port(), ", receivers: [stays]")
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, both, dead + kept)
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"down #\d \(dead\) sent to stays")
+    d.wait_for(r"down #\d \(dead\) sent to goes")
+    d.wait_for(r"down #\d \(kept\) sent to stays")
+    assert d.stop() == 0
+
+    write(cfg, tmp_path, receiver(stays.port).replace("name: nms", "name: stays"), kept)
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"forgot 1 service\(s\) no longer configured: dead")
+    d.wait_for(
+        r"dead: up removed to stays \(removed from the configuration while the daemon was "
+        r"stopped\)"
+    )
+    d.wait_for(r"up #3 \(dead\) sent to stays")
+    assert not [line for line in d.lines if "by hand" in line]
+    assert d.stop() == 0
+    assert set(stored(tmp_path / "state")) == {"kept"}
+
+    d = Daemon(cfg, "--log-level", "debug")  # a second start: nothing more to tell
+    daemons.append(d)
+    d.wait_for("ready")
+    time.sleep(1.0)  # checks of kept, still down: notified already
+    assert d.stop() == 0
+    assert not [line for line in d.lines if "up removed" in line or " sent to " in line]
+    assert not [line for line in d.lines if "forgot" in line]
+
+    heard = stays.wait_for(3)
+    time.sleep(0.3)
+    assert len(stays.notifications) == 3
+    downs, closing = heard[:2], heard[2]
+    assert sorted((kind, name) for _, kind, name in described(downs)) == [
+        ("down", "dead"),
+        ("down", "kept"),
+    ]
+    assert described([closing]) == [(3, "up", "dead")]
+    assert closing.varbinds[FLAGS].text == "4"  # removed(4)
+    assert value(closing, OIDS.service_state) == "3"  # unknown(3)
+    assert value(closing, OIDS.service_previous_state) == "2"  # down(2)
+    down = next(n for n in downs if value(n, OIDS.service_name) == "dead")
+    for column in (OIDS.service_host, OIDS.service_port, OIDS.service_check_kind):
+        assert value(closing, column) == value(down, column)
+    assert value(closing, OIDS.service_port) == str(dead_port)
+    assert [kind for _, kind, _ in described(goes.notifications)] == ["down"]
+
+
+def test_a_down_saved_by_an_older_version_without_its_receivers_is_left_with_a_warning(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], daemons: list[Daemon]
+) -> None:
+    """Rows written before the receivers told were saved: nothing to close it with."""
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    cfg = tmp_path / "watchdog.yaml"
+    write(cfg, tmp_path, receiver(trapd.port), service("dead", free_tcp_port()))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"down #1 \(dead\) sent to nms")
+    assert d.stop() == 0
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    with db:
+        db.execute("UPDATE service SET told = NULL")  # as an older version left it
+    db.close()
+
+    write(cfg, tmp_path, receiver(trapd.port), service("other", free_tcp_port()))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(
+        r"WARNING removed while the daemon was stopped, with a Down sent and no Up: dead; "
+        r"close their problems at the receivers by hand"
+    )
+    d.wait_for(r"down #2 \(other\) sent to nms")
+    assert d.stop() == 0
+    assert not [line for line in d.lines if "up removed" in line]
+    assert set(stored(tmp_path / "state")) == {"other"}
+    assert [kind for _, kind, _ in described(trapd.wait_for(2))] == ["down", "down"]
+
+
+def test_a_receiver_a_reload_already_closed_is_not_told_again_when_the_service_goes_while_stopped(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], daemons: list[Daemon]
+) -> None:
+    """A reload takes one of its two receivers from a down service (an Up flagged
+    removed to it); removed while stopped, only the other one still holds the Down:
+    it alone gets the Up at the next start."""
+    first, second = snmptrapd(), snmptrapd()
+    assert first.port is not None
+    assert second.port is not None
+    receivers = receiver(first.port).replace("name: nms", "name: first") + receiver(
+        second.port
+    ).replace("name: nms", "name: second")
+    cfg = tmp_path / "watchdog.yaml"
+    port = free_tcp_port()
+    write(cfg, tmp_path, receivers, service("mail", port, ", receivers: [first, second]"))
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"down #1 \(mail\) sent to first")
+    d.wait_for(r"down #1 \(mail\) sent to second")
+    write(cfg, tmp_path, receivers, service("mail", port, ", receivers: [second]"))
+    mark = len(d.lines)
+    d.signal(signal.SIGHUP)
+    d.wait_for(r"up #2 \(mail\) sent to first", start=mark)
+    time.sleep(0.5)  # checks of mail, still down: nothing more to send
+    assert d.stop() == 0
+
+    write(cfg, tmp_path, receivers, "  []\n")
+    d = Daemon(cfg, "--log-level", "debug")
+    daemons.append(d)
+    d.wait_for(r"mail: up removed to second \(removed from the configuration")
+    d.wait_for(r"up #3 \(mail\) sent to second")
+    assert d.stop() == 0
+
+    second.wait_for(2)
+    time.sleep(0.3)
+    assert described(first.notifications) == [(1, "down", "mail"), (2, "up", "mail")]
+    assert described(second.notifications) == [(1, "down", "mail"), (3, "up", "mail")]
+    assert len(first.notifications) == len(second.notifications) == 2
+    assert second.notifications[-1].varbinds[FLAGS].text == "4"  # removed(4)

@@ -584,6 +584,47 @@ def test_service_indexes_are_stable_and_never_reused(backend: Backend) -> None:
     assert again == {**first, "c": 3}
 
 
+def test_what_receivers_were_told_of_a_down_stays_beside_the_state_until_forgotten(
+    backend: Backend,
+) -> None:
+    down = ServiceState(state=State.DOWN, notified=State.DOWN)
+    with backend.open() as store:
+        store.save_told("nothing-saved", "ignored")  # no state: nothing to keep it beside
+        for name, st in (("a", down), ("b", ServiceState(notified=State.UP)), ("c", down)):
+            store.save_state(name, st, mono_now=MONO, wall_now=WALL)
+        store.save_told("a", '{"receivers": ["nms"]}')
+        store.save_told("b", "closed later")
+        store.save_states([("a", FULL), ("a", down)], mono_now=MONO, wall_now=WALL)
+    with backend.open() as store:
+        with store.transaction():
+            told = store.forget_told(["a", "b", "c", "nothing-saved"])
+        assert told == {"a": '{"receivers": ["nms"]}', "c": None}
+        assert store.load_states(mono_now=MONO, wall_now=WALL) == {}
+        assert store.forget_told(["a", "b", "c"]) == {}  # whoever forgets first tells
+
+
+def test_a_version_2_database_is_upgraded_to_keep_what_a_down_told(backend: Backend) -> None:
+    down = ServiceState(state=State.DOWN, notified=State.DOWN)
+    with backend.open() as store:
+        store.save_state("mail", down, mono_now=MONO, wall_now=WALL)
+        numbers = store.service_indexes(["mail"])
+    backend.execute("ALTER TABLE service DROP COLUMN told")
+    if backend.name == "sqlite":
+        backend.execute("PRAGMA user_version = 2")
+    else:
+        backend.execute("UPDATE watchdog_schema SET version = 2")
+    with backend.open() as store:
+        assert store.load_states(mono_now=MONO, wall_now=WALL) == {"mail": down}
+        assert store.service_indexes(["mail"]) == numbers
+        store.save_state("web", down, mono_now=MONO, wall_now=WALL)
+        store.save_told("web", "told")
+        assert store.forget_told(["mail", "web"]) == {"mail": None, "web": "told"}
+    if backend.name == "sqlite":
+        assert backend.execute("PRAGMA user_version") == [(3,)]
+    else:
+        assert backend.execute("SELECT version FROM watchdog_schema") == [(3,)]
+
+
 def test_version_1_database_is_upgraded_keeping_states_and_numbering_services(
     tmp_path: Path,
 ) -> None:
@@ -595,6 +636,7 @@ def test_version_1_database_is_upgraded_keeping_states_and_numbering_services(
         )
     db = sqlite3.connect(tmp_path / "state.db")
     db.execute("DROP TABLE service_index")
+    db.execute("ALTER TABLE service DROP COLUMN told")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()

@@ -40,7 +40,9 @@ a receiver that stops hearing of a service that is down gets an Up flagged
 (both written to the shared outbox by the service's owner, numbered in the
 cluster's sequence); the queues of removed receivers are discarded and the
 states of removed services forgotten (by every node: whoever comes first);
-the heartbeat follows the file. ``store``, ``store_password``, ``node``,
+the heartbeat follows the file. At start, the states of services no longer
+in the file are forgotten and their open Downs closed as alone, once, by the
+first node to forget them. ``store``, ``store_password``, ``node``,
 ``lease``, ``state_dir`` and ``engine_id`` change only with a restart.
 
 With ``status_dir``, every node keeps a file for every service of the
@@ -340,8 +342,14 @@ class ClusterNode(Standalone):
         return config
 
     async def start(self, daemon: Daemon, config: model.Config) -> dict[str, state.ServiceState]:
-        """Nothing is owned yet: services come with the membership's first answer."""
+        """Nothing is owned yet: services come with the membership's first answer.
+
+        The states of services no longer configured are forgotten (their open
+        Downs closed) as alone: by whichever node comes first.
+        """
         self.daemon = daemon
+        saved = await self.pg.load_states(mono_now=time.monotonic(), wall_now=time.time())
+        await daemon._forget_removed(config, self.pg, saved)
         daemon.indexes = await self.pg.service_indexes(s.name for s in config.services)
         return {}
 

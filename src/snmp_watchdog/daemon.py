@@ -48,8 +48,10 @@ from snmp_watchdog.config import load_config
 from snmp_watchdog.exceptions import ConfigError, StoreError
 from snmp_watchdog.model import Config, Service, Settings
 from snmp_watchdog.notify.engine import format_engine_id
-from snmp_watchdog.notify.message import Message
+from snmp_watchdog.notify.message import Message, MessageBuilder, encode
+from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.notifier import Notifier
+from snmp_watchdog.notify.told import decode_told
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult
 from snmp_watchdog.scheduler import Scheduler
@@ -354,24 +356,87 @@ class Daemon:
     async def _restore(self, config: Config, store: StateStore) -> dict[str, state.ServiceState]:
         saved = await store.load_states(mono_now=time.monotonic(), wall_now=time.time())
         names = [svc.name for svc in config.services]
-        gone = sorted(set(saved) - set(names))
-        if gone:
-            await store.forget(gone)
-            log.info("forgot %d service(s) no longer configured: %s", len(gone), ", ".join(gone))
-            down = [name for name in gone if saved[name].notified is state.State.DOWN]
-            if down:
-                # Their receivers are not known any more: nothing can close their Downs.
-                log.warning(
-                    "removed while the daemon was stopped, with a Down sent and no Up: %s; "
-                    "close their problems at the receivers by hand (a reload would have "
-                    "sent an Up flagged 'removed')",
-                    ", ".join(down),
-                )
+        await self._forget_removed(config, store, saved)
         self.indexes = await store.service_indexes(names)
         initial = {name: st for name, st in saved.items() if name in self.indexes}
         if initial:
             log.info("resumed the state of %d service(s) from %s", len(initial), store.where)
         return initial
+
+    async def _forget_removed(
+        self, config: Config, store: StateStore, saved: Iterable[str]
+    ) -> None:
+        """At start: forget the saved states of the services no longer configured.
+
+        Those removed while the daemon was stopped with a Down sent and no Up
+        get the Up a reload would have sent (``_what_receivers_must_be_told``):
+        flagged ``removed``, state ``unknown``, to each receiver that was told
+        the Down (``notify/told.py``) and is still configured, numbered in the
+        sequence and written to the outbox in the transaction that forgets the
+        state (delivered once the notifier starts; in a cluster, by the
+        receiver's owner). Whoever forgets a state first tells: a node of a
+        cluster starting at the same time finds it gone.
+        """
+        gone = sorted(set(saved) - {svc.name for svc in config.services})
+        if not gone:
+            return
+        configured = {r.name for r in config.receivers}
+        builder = MessageBuilder(Oids(config.settings.oid_root))
+        detail = "no longer watched (removed from the configuration while the daemon was stopped)"
+        closed: list[tuple[str, tuple[str, ...]]] = []
+        unknown: list[str] = []
+        async with store.transaction():
+            down = await store.forget_told(gone)
+            indexes = await store.known_indexes() if down else {}
+            for name, text in down.items():
+                try:
+                    told = decode_told(name, text) if text is not None else None
+                except ValueError as exc:
+                    log.error("%s: %s", name, exc)
+                    told = None
+                if told is None or name not in indexes:
+                    unknown.append(name)
+                    continue
+                receivers = tuple(r for r in told.receivers if r in configured)
+                if not receivers:
+                    continue  # removed from the file too: no longer ours to talk to
+                sequence = await store.next_sequence()
+                wall = time.time()
+                payload = encode(
+                    builder.service_event(
+                        kind=state.Kind.UP,
+                        service=told.service,
+                        index=indexes[name],
+                        state=state.State.UNKNOWN.value,
+                        previous=state.State.DOWN.value,
+                        reason=Reason.OK,
+                        detail=detail,
+                        count=0,
+                        elapsed=0.0,
+                        at_wall=wall,
+                        sequence=sequence,
+                        flags="removed",
+                    )
+                )
+                for receiver in receivers:
+                    await store.enqueue(receiver, payload, created=wall, sequence=sequence)
+                closed.append((name, receivers))
+        log.info("forgot %d service(s) no longer configured: %s", len(gone), ", ".join(gone))
+        for name, receivers in closed:
+            log.info(
+                "%s: up removed to %s (removed from the configuration while the daemon was "
+                "stopped)",
+                name,
+                ", ".join(receivers),
+            )
+        if unknown:
+            # Saved by a version that did not keep their receivers: nothing can close their Downs.
+            log.warning(
+                "removed while the daemon was stopped, with a Down sent and no Up: %s; "
+                "close their problems at the receivers by hand (their receivers were not "
+                "saved by the version that sent the Down)",
+                ", ".join(unknown),
+            )
 
     async def _discard_orphans(self, config: Config, store: StateStore) -> None:
         """Drop the informs still queued for receivers the configuration no longer has."""

@@ -58,6 +58,10 @@ class StateStore(Protocol):
 
     async def forget(self, names: Iterable[str]) -> None: ...
 
+    async def save_told(self, name: str, told: str | None) -> None: ...
+
+    async def forget_told(self, names: Iterable[str]) -> dict[str, str | None]: ...
+
     async def known_indexes(self) -> dict[str, int]: ...
 
     async def service_indexes(self, names: Iterable[str]) -> dict[str, int]: ...
@@ -120,6 +124,12 @@ class SqliteStateStore:
 
     async def forget(self, names: Iterable[str]) -> None:
         self.sync.forget(names)
+
+    async def save_told(self, name: str, told: str | None) -> None:
+        self.sync.save_told(name, told)
+
+    async def forget_told(self, names: Iterable[str]) -> dict[str, str | None]:
+        return self.sync.forget_told(names)
 
     async def known_indexes(self) -> dict[str, int]:
         return self.sync.known_indexes()

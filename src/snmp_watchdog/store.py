@@ -2,9 +2,11 @@
 
 It holds what must survive a restart (SPEC section 9): each service's
 ``ServiceState`` (confirmed state, counters, last change, last notified
-state), the notification sequence number, small daemon-wide values such as the
-SNMPv3 engine ID (``meta``), and the informs not yet acknowledged, per
-receiver (the outbox).
+state) and, while its last notification is a Down, whom that Down told
+(``save_told``: what closes it if the service leaves the file while the
+daemon is stopped), the notification sequence number, small daemon-wide
+values such as the SNMPv3 engine ID (``meta``), and the informs not yet
+acknowledged, per receiver (the outbox).
 
 Rules:
 
@@ -156,8 +158,13 @@ def _schema_v2(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO service_index (name) SELECT name FROM service ORDER BY name")
 
 
+def _schema_v3(db: sqlite3.Connection) -> None:
+    """What the receivers were told with a service's last Down (``save_told``), as JSON."""
+    db.execute("ALTER TABLE service ADD COLUMN told TEXT")
+
+
 #: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2, _schema_v3]
 
 
 def schema_version() -> int:
@@ -367,6 +374,31 @@ class Store:
         """Delete the states of these services (no longer configured)."""
         with self.transaction(), self._sql():
             self._db.executemany("DELETE FROM service WHERE name = ?", ((n,) for n in names))
+
+    def save_told(self, name: str, told: str | None) -> None:
+        """Keep ``told`` beside the state of ``name`` (no-op when it has none saved).
+
+        ``told`` says what the receivers were told with the service's last
+        Down (``notify/told.py``); the state's own columns never change it.
+        """
+        self._write("UPDATE service SET told = ? WHERE name = ?", (told, name))
+
+    def forget_told(self, names: Iterable[str]) -> dict[str, str | None]:
+        """``forget`` these services; what was told of those whose last notification was a Down.
+
+        Only the states this call deleted count (name -> ``told``, None when
+        none was saved, by a version before it was).
+        """
+        down: dict[str, str | None] = {}
+        with self.transaction():
+            for name in names:
+                rows = self._read("SELECT notified, told FROM service WHERE name = ?", (name,))
+                if not rows:
+                    continue
+                if rows[0]["notified"] == _STATE_TEXT[State.DOWN]:
+                    down[name] = None if rows[0]["told"] is None else str(rows[0]["told"])
+                self._write("DELETE FROM service WHERE name = ?", (name,))
+        return down
 
     def _row_state(self, row: sqlite3.Row, mono_now: float, wall_now: float) -> ServiceState:
         try:

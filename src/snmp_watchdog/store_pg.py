@@ -120,8 +120,13 @@ async def _schema_v2(db: Conn) -> None:
     await db.execute("INSERT INTO service_index (name) SELECT name FROM service ORDER BY name")
 
 
+async def _schema_v3(db: Conn) -> None:
+    """What the receivers were told with a service's last Down (``save_told``), as JSON."""
+    await db.execute("ALTER TABLE service ADD COLUMN told text")
+
+
 #: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1`` (as in store.py).
-_MIGRATIONS: list[Callable[[Conn], Any]] = [_schema_v1, _schema_v2]
+_MIGRATIONS: list[Callable[[Conn], Any]] = [_schema_v1, _schema_v2, _schema_v3]
 
 
 def schema_version() -> int:
@@ -343,6 +348,26 @@ class PgStore:
     async def forget(self, names: Iterable[str]) -> None:
         """Delete the states of these services (no longer configured)."""
         await self._write("DELETE FROM service WHERE name = ANY(%s)", (list(names),))
+
+    async def save_told(self, name: str, told: str | None) -> None:
+        """Keep ``told`` beside the state of ``name`` (as ``Store.save_told``)."""
+        await self._write("UPDATE service SET told = %s WHERE name = %s", (told, name))
+
+    async def forget_told(self, names: Iterable[str]) -> dict[str, str | None]:
+        """``forget``, returning what was told of the services last notified down.
+
+        Only the rows this call deleted count: a watchdog forgetting the same
+        names at the same time waits for this transaction, then finds them gone.
+        """
+        rows = await self._read(
+            "DELETE FROM service WHERE name = ANY(%s) RETURNING name, notified, told",
+            (list(names),),
+        )
+        return {
+            str(name): None if told is None else str(told)
+            for name, notified, told in rows
+            if notified == "down"
+        }
 
     async def known_indexes(self) -> dict[str, int]:
         """Every service number allocated so far (works on a read-only store)."""

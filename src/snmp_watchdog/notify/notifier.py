@@ -31,6 +31,7 @@ from snmp_watchdog.notify.message import Message, MessageBuilder
 from snmp_watchdog.notify.mib import Oids
 from snmp_watchdog.notify.outbox import Dispatcher, Pending, PendingQueue, notification_label
 from snmp_watchdog.notify.sender import Sender
+from snmp_watchdog.notify.told import told_after
 
 if TYPE_CHECKING:
     from snmp_watchdog.storage import StateStore
@@ -179,6 +180,9 @@ class Notifier:
             self.dispatcher.submit(message, targets, volatile=True)
             return message
         await self._write(message, targets)
+        if note.kind in (state.Kind.DOWN, state.Kind.UP):
+            # What the Up closing a Down needs, should the service leave the file while stopped.
+            await self._store.save_told(svc.name, told_after(svc, note, flags, targets))
         return message
 
     async def _write(self, message: Message, targets: Sequence[str]) -> None:
