@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,8 +91,15 @@ def test_snmpd_with_the_helper_serves_the_agents_table(
         wait_until(lambda: via_snmpd.run("snmpget", V2C, f"{MIB}::wdServicesUp.0").returncode == 0)
         steady = ("Name", "Host", "Port", "CheckKind", "State", "PreviousState", "ReasonCode")
         mine = {n: [r[k] for k in steady] for n, r in agent.table(V2C).items()}
-        theirs = {n: [r[k] for k in steady] for n, r in via_snmpd.table(V2C).items()}
-        assert theirs == mine
+
+        def theirs() -> dict[str, list[str]]:
+            return {n: [r[k] for k in steady] for n, r in via_snmpd.table(V2C).items()}
+
+        # The helper reads the state database, which the daemon writes within a second.
+        deadline = time.monotonic() + 10
+        while (got := theirs()) != mine and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert got == mine
         index_walk = ("-On", "-Oq")
         names = f"{MIB}::wdServiceName"
         assert via_snmpd.ok("snmpwalk", V2C, names, opts=index_walk) == agent.ok(
