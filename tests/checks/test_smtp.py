@@ -158,6 +158,42 @@ def test_an_unanswered_quit_does_not_change_the_verdict(monkeypatch: pytest.Monk
     assert 0.1 <= started[1] < 0.1 + SLACK
 
 
+def test_goodbyes_begun_at_different_times_each_wait_their_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The goodbye waits of a loop share one timer: an earlier one ending, or
+    one answered at once, ends no other before its time, nor after it."""
+    silent = smtp_script()
+    silent.rules = [r for r in silent.rules if not r.pattern.startswith(rb"^QUIT")]
+    silent.otherwise = b""
+    monkeypatch.setattr(_conversation, "GOODBYE_WAIT", 0.3)
+
+    async def main() -> list[tuple[CheckResult, float]]:
+        async with serve(silent) as quiet, serve(smtp_script()) as polite:
+            loop = asyncio.get_running_loop()
+
+            async def check(port: int, after: float) -> tuple[CheckResult, float]:
+                await asyncio.sleep(after)
+                start = loop.time()
+                result = await run_check(service(port, "smtp", timeout=3))
+                return result, loop.time() - start
+
+            return await asyncio.gather(
+                check(quiet.port, 0.0),
+                check(polite.port, 0.05),
+                check(quiet.port, 0.1),
+                check(quiet.port, 0.2),
+                check(polite.port, 0.25),
+            )
+
+    results = run(main())
+    assert [result.reason for result, _ in results] == [Reason.OK] * 5
+    for index in (0, 2, 3):
+        assert 0.3 - EARLY <= results[index][1] < 0.3 + SLACK
+    for index in (1, 4):
+        assert results[index][1] < 0.3 - EARLY
+
+
 async def _timed(coroutine: Awaitable[CheckResult]) -> tuple[CheckResult, float]:
     loop = asyncio.get_running_loop()
     start = loop.time()

@@ -57,6 +57,8 @@ import asyncio
 import re
 import socket
 import ssl
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -155,6 +157,7 @@ class Conversation(asyncio.BufferedProtocol):
         "transcript",
         "transport",
         "verdict",
+        "waited_out",
         "waiter",
         "wake_at",
     )
@@ -178,6 +181,7 @@ class Conversation(asyncio.BufferedProtocol):
         self.expected: object = None  # the pattern or Grammar awaited
         self.target: Address = ("", 0)  # the address being connected to
         self.verdict: CheckResult | None = None  # reached before a polite goodbye
+        self.waited_out = False  # the goodbye's wait is over
         self.on_deadline: Callable[[], CheckResult] | None = None
 
     # -- timeline --------------------------------------------------------------
@@ -372,23 +376,31 @@ class Conversation(asyncio.BufferedProtocol):
         self.awaiting = _REPLY
         self.expected = grammar
         while True:
-            match = grammar.complete.match(self.buf, self.mark, self.n)
+            match = self._whole_reply(grammar)
             if match is not None:
-                self.mark = match.end()
                 return match
-            if grammar.valid_start.fullmatch(self.buf, self.mark, self.n) is None:
-                raise CheckFailed(
-                    Reason.UNEXPECTED_RESPONSE,
-                    f"expected an answer matching {grammar.expected}, got "
-                    f"{quote(self.received(self.mark))}",
-                )
-            if self.n >= _LIMIT:
-                raise self._too_large(grammar.expected)
-            if self.eof:
-                if self.error is not None:
-                    raise self.error
-                raise self._closed_early(grammar.expected)
             await self._more_to_match()
+
+    def _whole_reply(self, grammar: Grammar) -> re.Match[bytes] | None:
+        """The reply of ``grammar`` at ``mark`` if it is all in (``mark`` then moves past
+        it), None if more may complete it; raises if it cannot come."""
+        match = grammar.complete.match(self.buf, self.mark, self.n)
+        if match is not None:
+            self.mark = match.end()
+            return match
+        if grammar.valid_start.fullmatch(self.buf, self.mark, self.n) is None:
+            raise CheckFailed(
+                Reason.UNEXPECTED_RESPONSE,
+                f"expected an answer matching {grammar.expected}, got "
+                f"{quote(self.received(self.mark))}",
+            )
+        if self.n >= _LIMIT:
+            raise self._too_large(grammar.expected)
+        if self.eof:
+            if self.error is not None:
+                raise self.error
+            raise self._closed_early(grammar.expected)
+        return None
 
     async def answer_started(self, delay: float, unfinished: re.Pattern[bytes]) -> None:
         """Wait up to ``delay`` for data after ``mark``; once some came, also while what came
@@ -425,10 +437,27 @@ class Conversation(asyncio.BufferedProtocol):
         """
         try:
             self.send(command)
-            async with asyncio.timeout(GOODBYE_WAIT):
-                await self.reply(grammar)
-        except (CheckFailed, OSError):  # TimeoutError (the wait above) is an OSError
+        except (CheckFailed, OSError):
             return
+        self.awaiting = _REPLY
+        self.expected = grammar
+        self.waited_out = False
+        waits = _goodbye_waits.get(self.loop)
+        if waits is None:
+            waits = _goodbye_waits[self.loop] = _GoodbyeWaits(self.loop)
+        key = waits.add(self)
+        try:
+            while self._whole_reply(grammar) is None and not self.waited_out:
+                await self._more_to_match()
+        except (CheckFailed, OSError):
+            return
+        finally:
+            waits.remove(key)
+
+    def wait_over(self) -> None:
+        """The goodbye has been waited for long enough."""
+        self.waited_out = True
+        self._wake()
 
     # -- failures --------------------------------------------------------------
 
@@ -537,6 +566,62 @@ def _tls_summary(transport: asyncio.BaseTransport | None, name: str, verified: b
 def carry(exc: BaseException, conversation: Conversation) -> None:
     """Attach ``conversation`` to the cancellation ``exc`` for :func:`deadline_result`."""
     vars(exc)[_CARRIED] = conversation
+
+
+class _GoodbyeWaits:
+    """The goodbye waits of one event loop, ended by one timer between them.
+
+    A timer of its own per goodbye cost more than the rest of the goodbye (on
+    uvloop, a timer is a libuv handle started and stopped). Every wait lasts
+    :data:`GOODBYE_WAIT`, so they end in the order they began: they are kept in
+    that order, and the one timer is due when the oldest still waiting ends.
+    It is left running when a goodbye ends early; when it fires with nothing
+    due, it is set for the next one or, with none left, dropped. Under a
+    steady load it fires about once per :data:`GOODBYE_WAIT`.
+    """
+
+    __slots__ = ("loop", "next_key", "timer", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # Oldest first; an OrderedDict finds its first entry at once, however
+        # many were removed before it.
+        self.waiting: OrderedDict[int, tuple[float, Conversation]] = OrderedDict()
+        self.next_key = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, conversation: Conversation) -> int:
+        key = self.next_key
+        self.next_key = key + 1
+        ends = self.loop.time() + GOODBYE_WAIT
+        self.waiting[key] = (ends, conversation)
+        if self.timer is None:
+            self.timer = self.loop.call_at(ends, self._fire)
+        return key
+
+    def remove(self, key: int) -> None:
+        self.waiting.pop(key, None)
+
+    def _fire(self) -> None:
+        self.timer = None
+        waiting = self.waiting
+        now = self.loop.time()
+        while waiting:
+            key = next(iter(waiting))
+            ends, conversation = waiting[key]
+            if ends > now:
+                # Not before a millisecond: uvloop's timers count whole ones, and a
+                # shorter one would fire before it is due and again and again.
+                self.timer = self.loop.call_at(max(ends, now + 0.001), self._fire)
+                return
+            del waiting[key]
+            conversation.wait_over()
+
+
+#: Each running event loop's goodbye waits.
+_goodbye_waits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GoodbyeWaits] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def deadline_result(exc: TimeoutError, service: Service, elapsed: float) -> CheckResult:
