@@ -30,7 +30,7 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -109,13 +109,41 @@ class YamlProblem:
     message: str
 
 
-@dataclass(slots=True)
 class Document:
-    """The data of a YAML file and where each part of it was written."""
+    """The data of a YAML file and where each part of it was written.
 
-    data: Any
-    lines: dict[Path, int] = field(default_factory=dict)
-    problems: list[YamlProblem] = field(default_factory=list)
+    The lines are found when first asked for, by reading the text again: a
+    file without problems never needs them, and a table of every key's line
+    is as large as the data itself (10,000 services: 50,000 paths).
+    """
+
+    __slots__ = ("_lines", "_text", "_text_keys", "data", "problems")
+
+    def __init__(
+        self,
+        data: Any,
+        lines: dict[Path, int] | None = None,
+        problems: list[YamlProblem] | None = None,
+        *,
+        text: str | None = None,
+        text_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        self.data = data
+        self.problems = problems if problems is not None else []
+        self._lines = lines
+        self._text = text
+        self._text_keys = text_keys
+
+    @property
+    def lines(self) -> dict[Path, int]:
+        """Every written path and its line (the document itself is ``()`` on line 1)."""
+        if self._lines is None:
+            if self._text is None:
+                self._lines = {(): 1}
+            else:
+                self._lines = _read(self._text, self._text_keys, {(): 1}).lines
+                self._text = None
+        return self._lines
 
     def line_of(self, path: Path) -> int:
         """The line of ``path``, or of its nearest written ancestor."""
@@ -129,7 +157,12 @@ class Document:
 
 def parse(text: str, text_keys: frozenset[str] = frozenset()) -> Document:
     """Parse one YAML document. An empty document has ``data`` None."""
-    doc = Document(None, {(): 1})
+    return _read(text, text_keys, None)
+
+
+def _read(text: str, text_keys: frozenset[str], lines: dict[Path, int] | None) -> Document:
+    """The document; its lines go into ``lines``, or are left to be found when asked for."""
+    doc = Document(None, lines, text=text if lines is None else None, text_keys=text_keys)
     loader = None
     try:
         loader = _Loader(text)
@@ -173,6 +206,18 @@ def _describe(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
         else:
             message = f"{message} ({exc.context})"
     return line, message
+
+
+class _Discard(dict[Path, int]):
+    """Where the lines go while nobody asked for them: nowhere."""
+
+    def __setitem__(self, path: Path, line: int) -> None:
+        pass
+
+
+def _lines_of(doc: Document) -> dict[Path, int]:
+    """The table a reading fills: the document's own, or a discarding one."""
+    return _Discard() if doc._lines is None else doc._lines
 
 
 class _NotComposable(Exception):
@@ -227,7 +272,7 @@ class _Builder:
         self.peek_event = loader.peek_event
         self.resolve = loader.resolve
         self.doc = doc
-        self.lines = doc.lines
+        self.lines = _lines_of(doc)
         self.text_keys = text_keys
         self.anchors: dict[str, _Node] = {}
         self.walker = _Walker(doc, text_keys)
@@ -382,7 +427,7 @@ class _Walker:
 
     def __init__(self, doc: Document, text_keys: frozenset[str]) -> None:
         self.doc = doc
-        self.lines = doc.lines
+        self.lines = _lines_of(doc)
         self.text_keys = text_keys
         self.constructor = SafeConstructor()
         self.active: set[int] = set()

@@ -387,16 +387,17 @@ class _Loader:
 
     def check_duplicates(self, items: list[Any], section: str, noun: str) -> list[str]:
         """Report names written twice; return every name that is text."""
-        first: dict[str, int] = {}
+        first: dict[str, int] = {}  # the index of the item that has it first
         for index, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
             if not isinstance(name, str):
                 continue
             at = (section, index, "name")
             if name in first:
-                self.report(at, f"duplicate {noun} name '{name}' (first on line {first[name]})")
+                line = self.doc.line_of((section, first[name], "name"))
+                self.report(at, f"duplicate {noun} name '{name}' (first on line {line})")
             else:
-                first[name] = self.doc.line_of(at)
+                first[name] = index
         return list(first)
 
     # --- watchdog: --------------------------------------------------------
@@ -449,16 +450,16 @@ class _Loader:
             r.user: r for r in receivers if r.version == "3" and r.mode == "trap" and r.user
         }
         users = []
-        first: dict[str, int] = {}
+        first: dict[str, int] = {}  # the index of the item that has it first
         for index, item in enumerate(section.users or ()):
             where = (*at, "users", index)
             if item.user in first:
+                line = self.doc.line_of((*at, "users", first[item.user], "user"))
                 self.report(
-                    (*where, "user"),
-                    f"duplicate user '{item.user}' (first on line {first[item.user]})",
+                    (*where, "user"), f"duplicate user '{item.user}' (first on line {line})"
                 )
                 continue
-            first[item.user] = self.doc.line_of((*where, "user"))
+            first[item.user] = index
             if item.priv is not None and item.auth is None:
                 self.report((*where, "priv"), "privacy needs authentication too: add auth")
             user = AgentUser(
