@@ -178,13 +178,8 @@ def test_goodbyes_begun_at_different_times_each_wait_their_own_time(
                 result = await run_check(service(port, "smtp", timeout=3))
                 return result, loop.time() - start
 
-            return await asyncio.gather(
-                check(quiet.port, 0.0),
-                check(polite.port, 0.05),
-                check(quiet.port, 0.1),
-                check(quiet.port, 0.2),
-                check(polite.port, 0.25),
-            )
+            plan = [(quiet, 0.0), (polite, 0.05), (quiet, 0.1), (quiet, 0.2), (polite, 0.25)]
+            return list(await asyncio.gather(*(check(s.port, after) for s, after in plan)))
 
     results = run(main())
     assert [result.reason for result, _ in results] == [Reason.OK] * 5

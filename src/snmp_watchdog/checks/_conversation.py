@@ -89,7 +89,11 @@ Body = Callable[["Conversation"], Awaitable[str]]
 #: One byte more than may be read: its arrival means "too large".
 _LIMIT = MAX_READ + 1
 #: Size of a new receive buffer; it grows fourfold as needed, up to ``_LIMIT``.
-_FIRST_BUFFER = 2048
+#: Enough for a greeting and its answers; with its terminating byte it stays
+#: within Python's small-object allocator (512 bytes), where the memory that
+#: start-up freed is reused, instead of a fresh allocation for each of up to
+#: ``max_in_flight`` checks at once.
+_FIRST_BUFFER = 496
 
 #: Pending data above this size is matched again only after it grew by an eighth ...
 _RETRY_FROM = 4096
