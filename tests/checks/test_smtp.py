@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import weakref
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -187,6 +189,18 @@ def test_goodbyes_begun_at_different_times_each_wait_their_own_time(
         assert 0.3 - EARLY <= results[index][1] < 0.3 + SLACK
     for index in (1, 4):
         assert results[index][1] < 0.3 - EARLY
+
+
+def test_the_goodbye_waits_do_not_keep_a_finished_loop_alive() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> CheckResult:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await smtp_at(smtp_script())
+
+    assert asyncio.run(main()).reason is Reason.OK
+    gc.collect()
+    assert loops[0]() is None
 
 
 async def _timed(coroutine: Awaitable[CheckResult]) -> tuple[CheckResult, float]:

@@ -448,7 +448,7 @@ class Conversation(asyncio.BufferedProtocol):
         self.waited_out = False
         waits = _goodbye_waits.get(self.loop)
         if waits is None:
-            waits = _goodbye_waits[self.loop] = _GoodbyeWaits(self.loop)
+            waits = _goodbye_waits[self.loop] = _GoodbyeWaits()
         key = waits.add(self)
         try:
             while self._whole_reply(grammar) is None and not self.waited_out:
@@ -584,39 +584,43 @@ class _GoodbyeWaits:
     steady load it fires about once per :data:`GOODBYE_WAIT`.
     """
 
-    __slots__ = ("loop", "next_key", "timer", "waiting")
+    __slots__ = ("armed", "next_key", "waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         # Oldest first; an OrderedDict finds its first entry at once, however
         # many were removed before it.
         self.waiting: OrderedDict[int, tuple[float, Conversation]] = OrderedDict()
         self.next_key = 0
-        self.timer: asyncio.TimerHandle | None = None
+        # Whether the timer is set. Neither it nor the loop is kept here: the
+        # table of each loop's waits must not keep the loop alive.
+        self.armed = False
 
     def add(self, conversation: Conversation) -> int:
         key = self.next_key
         self.next_key = key + 1
-        ends = self.loop.time() + GOODBYE_WAIT
+        loop = conversation.loop
+        ends = loop.time() + GOODBYE_WAIT
         self.waiting[key] = (ends, conversation)
-        if self.timer is None:
-            self.timer = self.loop.call_at(ends, self._fire)
+        if not self.armed:
+            self.armed = True
+            loop.call_at(ends, self._fire, loop)
         return key
 
     def remove(self, key: int) -> None:
         self.waiting.pop(key, None)
 
-    def _fire(self) -> None:
-        self.timer = None
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.armed = False
         waiting = self.waiting
-        now = self.loop.time()
+        now = loop.time()
         while waiting:
             key = next(iter(waiting))
             ends, conversation = waiting[key]
             if ends > now:
                 # Not before a millisecond: uvloop's timers count whole ones, and a
                 # shorter one would fire before it is due and again and again.
-                self.timer = self.loop.call_at(max(ends, now + 0.001), self._fire)
+                self.armed = True
+                loop.call_at(max(ends, now + 0.001), self._fire, loop)
                 return
             del waiting[key]
             conversation.wait_over()
