@@ -465,6 +465,28 @@ def test_recursive_alias(tmp_path: Path) -> None:
     ]
 
 
+def test_a_mapping_merged_into_itself(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n  - &s\n    name: a\n    host: h\n    check: ssh\n    <<: *s\n",
+    )
+    # the mapping is read once, without the merge, instead of endlessly
+    assert problems_of(path) == [
+        f"{path}:2: services[0]: an alias refers to the collection that contains it",
+    ]
+
+
+def test_a_value_its_tag_cannot_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n  - name: a\n    host: h\n    check: ssh\n    fall: !!int x\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:5: services[0].fall: not a valid int",
+        f"{path}:5: services[0].fall: expected an integer of 1 or more, got nothing",
+    ]
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:

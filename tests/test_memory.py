@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from snmp_watchdog.daemon import Daemon
+from snmp_watchdog.daemon import YOUNG_COLLECTION_EVERY, Daemon
 from tests.helpers import free_tcp_port, run_bounded
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_once_ready_the_objects_of_start_up_are_left_out_of_collections(
@@ -54,3 +56,5 @@ services:
     frozen, code = run_bounded(scenario(), 20.0)
     assert code == 0
     assert frozen > 10_000  # the modules' objects alone are tens of thousands
+    # and young collections come less often than Python's default, every 700 objects
+    assert gc.get_threshold()[0] == YOUNG_COLLECTION_EVERY > 700

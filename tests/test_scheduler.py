@@ -226,6 +226,21 @@ def test_update_keeps_unchanged_state_forgets_removed_starts_new_unknown() -> No
     assert set(sched.states()) == {"a"}
 
 
+def test_services_with_the_same_policy_share_it() -> None:
+    """10,000 services mostly have the defaults: one policy object for them all."""
+
+    async def never(service: Service) -> CheckResult:
+        raise AssertionError("not run")
+
+    sched = Scheduler([svc("a"), svc("b"), svc("c", fall=5)], check=never)
+    slots = sched.slots
+    assert slots["a"].policy is slots["b"].policy
+    assert slots["c"].policy.fall == 5
+    sched.update([svc("a"), svc("b"), svc("c", fall=5), svc("d"), svc("e", fall=5, rise=3)])
+    assert slots["d"].policy is slots["a"].policy
+    assert slots["e"].policy == policy_for(svc("e", fall=5, rise=3))
+
+
 def test_max_in_flight_follows_a_reload_both_ways() -> None:
     running = 0
     peaks: list[int] = []

@@ -102,8 +102,9 @@ class Scheduler:
         self.progress = clock()
         self.checks_done = 0
         now = clock()
+        policies: dict[state.Policy, state.Policy] = {}
         for svc in services:
-            slot = Slot(svc, policy_for(svc))
+            slot = Slot(svc, _shared(policies, policy_for(svc)))
             if initial and svc.name in initial:
                 slot.state = initial[svc.name]
             self._slots[svc.name] = slot
@@ -138,6 +139,7 @@ class Scheduler:
         now = self._clock()
         new = {svc.name: svc for svc in services}
         added, changed, removed = [], [], []
+        policies = {slot.policy: slot.policy for slot in self._slots.values()}
         for name in list(self._slots):
             if name not in new:
                 self._slots.pop(name).generation += 1
@@ -146,7 +148,7 @@ class Scheduler:
             old = self._slots.get(name)
             if old is not None and old.service == svc:
                 continue
-            slot = Slot(svc, policy_for(svc))
+            slot = Slot(svc, _shared(policies, policy_for(svc)))
             if old is None:
                 added.append(name)
             else:
@@ -261,3 +263,8 @@ class Scheduler:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _shared(policies: dict[state.Policy, state.Policy], policy: state.Policy) -> state.Policy:
+    """One object for every service with the same policy (most have the defaults)."""
+    return policies.setdefault(policy, policy)

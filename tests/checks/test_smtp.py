@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import weakref
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -156,6 +158,49 @@ def test_an_unanswered_quit_does_not_change_the_verdict(monkeypatch: pytest.Monk
     started = asyncio.run(_timed(smtp_at(script, timeout=3)))
     assert started[0].reason is Reason.OK
     assert 0.1 <= started[1] < 0.1 + SLACK
+
+
+def test_goodbyes_begun_at_different_times_each_wait_their_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The goodbye waits of a loop share one timer: an earlier one ending, or
+    one answered at once, ends no other before its time, nor after it."""
+    silent = smtp_script()
+    silent.rules = [r for r in silent.rules if not r.pattern.startswith(rb"^QUIT")]
+    silent.otherwise = b""
+    monkeypatch.setattr(_conversation, "GOODBYE_WAIT", 0.3)
+
+    async def main() -> list[tuple[CheckResult, float]]:
+        async with serve(silent) as quiet, serve(smtp_script()) as polite:
+            loop = asyncio.get_running_loop()
+
+            async def check(port: int, after: float) -> tuple[CheckResult, float]:
+                await asyncio.sleep(after)
+                start = loop.time()
+                result = await run_check(service(port, "smtp", timeout=3))
+                return result, loop.time() - start
+
+            plan = [(quiet, 0.0), (polite, 0.05), (quiet, 0.1), (quiet, 0.2), (polite, 0.25)]
+            return list(await asyncio.gather(*(check(s.port, after) for s, after in plan)))
+
+    results = run(main())
+    assert [result.reason for result, _ in results] == [Reason.OK] * 5
+    for index in (0, 2, 3):
+        assert 0.3 - EARLY <= results[index][1] < 0.3 + SLACK
+    for index in (1, 4):
+        assert results[index][1] < 0.3 - EARLY
+
+
+def test_the_goodbye_waits_do_not_keep_a_finished_loop_alive() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> CheckResult:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return await smtp_at(smtp_script())
+
+    assert asyncio.run(main()).reason is Reason.OK
+    gc.collect()
+    assert loops[0]() is None
 
 
 async def _timed(coroutine: Awaitable[CheckResult]) -> tuple[CheckResult, float]:

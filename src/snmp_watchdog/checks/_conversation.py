@@ -57,6 +57,8 @@ import asyncio
 import re
 import socket
 import ssl
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -87,7 +89,11 @@ Body = Callable[["Conversation"], Awaitable[str]]
 #: One byte more than may be read: its arrival means "too large".
 _LIMIT = MAX_READ + 1
 #: Size of a new receive buffer; it grows fourfold as needed, up to ``_LIMIT``.
-_FIRST_BUFFER = 2048
+#: Enough for a greeting and its answers; with its terminating byte it stays
+#: within Python's small-object allocator (512 bytes), where the memory that
+#: start-up freed is reused, instead of a fresh allocation for each of up to
+#: ``max_in_flight`` checks at once.
+_FIRST_BUFFER = 496
 
 #: Pending data above this size is matched again only after it grew by an eighth ...
 _RETRY_FROM = 4096
@@ -146,6 +152,7 @@ class Conversation(asyncio.BufferedProtocol):
         "transcript",
         "transport",
         "verdict",
+        "waited_out",
         "waiter",
         "wake_at",
     )
@@ -169,6 +176,7 @@ class Conversation(asyncio.BufferedProtocol):
         self.expected: object = None  # the pattern or Grammar awaited
         self.target: Address = ("", 0)  # the address being connected to
         self.verdict: CheckResult | None = None  # reached before a polite goodbye
+        self.waited_out = False  # the goodbye's wait is over
         self.on_deadline: Callable[[], CheckResult] | None = None
 
     # -- timeline --------------------------------------------------------------
@@ -363,23 +371,31 @@ class Conversation(asyncio.BufferedProtocol):
         self.awaiting = _REPLY
         self.expected = grammar
         while True:
-            match = grammar.complete.match(self.buf, self.mark, self.n)
+            match = self._whole_reply(grammar)
             if match is not None:
-                self.mark = match.end()
                 return match
-            if grammar.valid_start.fullmatch(self.buf, self.mark, self.n) is None:
-                raise CheckFailed(
-                    Reason.UNEXPECTED_RESPONSE,
-                    f"expected an answer matching {grammar.expected}, got "
-                    f"{quote(self.received(self.mark))}",
-                )
-            if self.n >= _LIMIT:
-                raise self._too_large(grammar.expected)
-            if self.eof:
-                if self.error is not None:
-                    raise self.error
-                raise self._closed_early(grammar.expected)
             await self._more_to_match()
+
+    def _whole_reply(self, grammar: Grammar) -> re.Match[bytes] | None:
+        """The reply of ``grammar`` at ``mark`` if it is all in (``mark`` then moves past
+        it), None if more may complete it; raises if it cannot come."""
+        match = grammar.complete.match(self.buf, self.mark, self.n)
+        if match is not None:
+            self.mark = match.end()
+            return match
+        if grammar.valid_start.fullmatch(self.buf, self.mark, self.n) is None:
+            raise CheckFailed(
+                Reason.UNEXPECTED_RESPONSE,
+                f"expected an answer matching {grammar.expected}, got "
+                f"{quote(self.received(self.mark))}",
+            )
+        if self.n >= _LIMIT:
+            raise self._too_large(grammar.expected)
+        if self.eof:
+            if self.error is not None:
+                raise self.error
+            raise self._closed_early(grammar.expected)
+        return None
 
     async def answer_started(self, delay: float, unfinished: re.Pattern[bytes]) -> None:
         """Wait up to ``delay`` for data after ``mark``; once some came, also while what came
@@ -416,10 +432,27 @@ class Conversation(asyncio.BufferedProtocol):
         """
         try:
             self.send(command)
-            async with asyncio.timeout(GOODBYE_WAIT):
-                await self.reply(grammar)
-        except (CheckFailed, OSError):  # TimeoutError (the wait above) is an OSError
+        except (CheckFailed, OSError):
             return
+        self.awaiting = _REPLY
+        self.expected = grammar
+        self.waited_out = False
+        waits = _goodbye_waits.get(self.loop)
+        if waits is None:
+            waits = _goodbye_waits[self.loop] = _GoodbyeWaits()
+        key = waits.add(self)
+        try:
+            while self._whole_reply(grammar) is None and not self.waited_out:
+                await self._more_to_match()
+        except (CheckFailed, OSError):
+            return
+        finally:
+            waits.remove(key)
+
+    def wait_over(self) -> None:
+        """The goodbye has been waited for long enough."""
+        self.waited_out = True
+        self._wake()
 
     # -- failures --------------------------------------------------------------
 
@@ -528,6 +561,66 @@ def _tls_summary(transport: asyncio.BaseTransport | None, name: str, verified: b
 def carry(exc: BaseException, conversation: Conversation) -> None:
     """Attach ``conversation`` to the cancellation ``exc`` for :func:`deadline_result`."""
     vars(exc)[_CARRIED] = conversation
+
+
+class _GoodbyeWaits:
+    """The goodbye waits of one event loop, ended by one timer between them.
+
+    A timer of its own per goodbye cost more than the rest of the goodbye (on
+    uvloop, a timer is a libuv handle started and stopped). Every wait lasts
+    :data:`GOODBYE_WAIT`, so they end in the order they began: they are kept in
+    that order, and the one timer is due when the oldest still waiting ends.
+    It is left running when a goodbye ends early; when it fires with nothing
+    due, it is set for the next one or, with none left, dropped. Under a
+    steady load it fires about once per :data:`GOODBYE_WAIT`.
+    """
+
+    __slots__ = ("armed", "next_key", "waiting")
+
+    def __init__(self) -> None:
+        # Oldest first; an OrderedDict finds its first entry at once, however
+        # many were removed before it.
+        self.waiting: OrderedDict[int, tuple[float, Conversation]] = OrderedDict()
+        self.next_key = 0
+        # Whether the timer is set. Neither it nor the loop is kept here: the
+        # table of each loop's waits must not keep the loop alive.
+        self.armed = False
+
+    def add(self, conversation: Conversation) -> int:
+        key = self.next_key
+        self.next_key = key + 1
+        loop = conversation.loop
+        ends = loop.time() + GOODBYE_WAIT
+        self.waiting[key] = (ends, conversation)
+        if not self.armed:
+            self.armed = True
+            loop.call_at(ends, self._fire, loop)
+        return key
+
+    def remove(self, key: int) -> None:
+        self.waiting.pop(key, None)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.armed = False
+        waiting = self.waiting
+        now = loop.time()
+        while waiting:
+            key = next(iter(waiting))
+            ends, conversation = waiting[key]
+            if ends > now:
+                # Not before a millisecond: uvloop's timers count whole ones, and a
+                # shorter one would fire before it is due and again and again.
+                self.armed = True
+                loop.call_at(max(ends, now + 0.001), self._fire, loop)
+                return
+            del waiting[key]
+            conversation.wait_over()
+
+
+#: Each running event loop's goodbye waits.
+_goodbye_waits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GoodbyeWaits] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def deadline_result(exc: TimeoutError, service: Service, elapsed: float) -> CheckResult:

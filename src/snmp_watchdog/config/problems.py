@@ -108,16 +108,17 @@ class Problems:
 
     def duplicates(self, items: list[Any], section: str, noun: str) -> list[str]:
         """Report names written twice; return every name that is text."""
-        first: dict[str, int] = {}
+        first: dict[str, int] = {}  # the index of the item that has it first
         for index, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else None
             if not isinstance(name, str):
                 continue
             at = (section, index, "name")
             if name in first:
-                self.report(at, f"duplicate {noun} name '{name}' (first on line {first[name]})")
+                line = self.doc.line_of((section, first[name], "name"))
+                self.report(at, f"duplicate {noun} name '{name}' (first on line {line})")
             else:
-                first[name] = self.doc.line_of(at)
+                first[name] = index
         return list(first)
 
     def items(self, data: Any, at: KeyPath) -> list[Any]:

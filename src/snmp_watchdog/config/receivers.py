@@ -188,16 +188,16 @@ def load_agent(
         r.user: r for r in receivers if r.version is Version.V3 and not r.informs and r.user
     }
     users = []
-    first: dict[str, int] = {}
+    first: dict[str, int] = {}  # the index of the item that has it first
     for index, item in enumerate(section.users or ()):
         where = (*at, "users", index)
         if item.user in first:
+            line = problems.doc.line_of((*at, "users", first[item.user], "user"))
             problems.report(
-                (*where, "user"),
-                f"duplicate user '{item.user}' (first on line {first[item.user]})",
+                (*where, "user"), f"duplicate user '{item.user}' (first on line {line})"
             )
             continue
-        first[item.user] = problems.doc.line_of((*where, "user"))
+        first[item.user] = index
         if item.priv is not None and item.auth is None:
             problems.report((*where, "priv"), "privacy needs authentication too: add auth")
         user = AgentUser(

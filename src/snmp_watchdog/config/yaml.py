@@ -2,8 +2,13 @@
 
 Rules:
 
-- The file is composed with PyYAML's safe loader (the libyaml one when it is
-  installed), never constructed with arbitrary tags.
+- The file is read with PyYAML's safe loader (the libyaml parser when it is
+  installed), never constructed with arbitrary tags. The data is built from
+  the parser's events as they come, without composing the file into nodes
+  first (PyYAML's nodes and their marks take several times the memory of the
+  data): only an anchored node, the value of a merge key and a skipped value
+  are kept as small nodes, for the aliases and merges that refer to them.
+  A file that cannot be composed is composed again by PyYAML to say why.
 - Every mapping key and every sequence item gets an entry in ``lines``: its
   path (``("services", 2, "port")``) maps to its 1-based line. The document
   itself is ``()`` on line 1.
@@ -18,17 +23,28 @@ Rules:
   zeros). This applies to the items of a list under such a key too. ``null``
   stays ``None``.
 - A syntax error stops everything: it is raised as :class:`YamlSyntaxError`
-  with its line. Other problems are collected and parsing goes on.
+  with its line. Other problems are collected and parsing goes on: a value
+  its explicit tag cannot read (``!!int x``) is a problem, and so is a merge
+  of the mapping that contains it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 
 PathKey = str | int
@@ -43,6 +59,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _NUMBERISH = frozenset((_INT, _FLOAT, _BOOL))
+_RECURSIVE = "an alias refers to the collection that contains it"
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -92,13 +109,41 @@ class YamlProblem:
     message: str
 
 
-@dataclass(slots=True)
 class Document:
-    """The data of a YAML file and where each part of it was written."""
+    """The data of a YAML file and where each part of it was written.
 
-    data: Any
-    lines: dict[Path, int] = field(default_factory=dict)
-    problems: list[YamlProblem] = field(default_factory=list)
+    The lines are found when first asked for, by reading the text again: a
+    file without problems never needs them, and a table of every key's line
+    is as large as the data itself (10,000 services: 50,000 paths).
+    """
+
+    __slots__ = ("_lines", "_text", "_text_keys", "data", "problems")
+
+    def __init__(
+        self,
+        data: Any,
+        lines: dict[Path, int] | None = None,
+        problems: list[YamlProblem] | None = None,
+        *,
+        text: str | None = None,
+        text_keys: frozenset[str] = frozenset(),
+    ) -> None:
+        self.data = data
+        self.problems = problems if problems is not None else []
+        self._lines = lines
+        self._text = text
+        self._text_keys = text_keys
+
+    @property
+    def lines(self) -> dict[Path, int]:
+        """Every written path and its line (the document itself is ``()`` on line 1)."""
+        if self._lines is None:
+            if self._text is None:
+                self._lines = {(): 1}
+            else:
+                self._lines = _read(self._text, self._text_keys, {(): 1}).lines
+                self._text = None
+        return self._lines
 
     def line_of(self, path: Path) -> int:
         """The line of ``path``, or of its nearest written ancestor."""
@@ -112,8 +157,31 @@ class Document:
 
 def parse(text: str, text_keys: frozenset[str] = frozenset()) -> Document:
     """Parse one YAML document. An empty document has ``data`` None."""
+    return _read(text, text_keys, None)
+
+
+def _read(text: str, text_keys: frozenset[str], lines: dict[Path, int] | None) -> Document:
+    """The document; its lines go into ``lines``, or are left to be found when asked for."""
+    doc = Document(None, lines, text=text if lines is None else None, text_keys=text_keys)
+    loader = None
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        loader = _Loader(text)
+        doc.data = _Builder(loader, doc, text_keys).stream()
+    except (yaml.YAMLError, _NotComposable) as exc:
+        # Let the composer describe it, exactly as it always has. It composes
+        # the whole file into nodes, which only a broken file pays for.
+        _raise_syntax_error(text)
+        raise YamlSyntaxError(None, str(exc).splitlines()[0]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return doc
+
+
+def _raise_syntax_error(text: str) -> None:
+    """Raise the :class:`YamlSyntaxError` the composer finds in ``text``, if any."""
+    try:
+        yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         raise YamlSyntaxError(*_describe(exc)) from None
     except ReaderError as exc:  # a character YAML does not allow
@@ -124,10 +192,6 @@ def parse(text: str, text_keys: frozenset[str] = frozenset()) -> Document:
         ) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(None, str(exc).splitlines()[0]) from None
-    doc = Document(None, {(): 1})
-    if root is not None:
-        doc.data = _Walker(doc, text_keys).node(root, (), as_text=False)
-    return doc
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
@@ -144,39 +208,254 @@ def _describe(exc: yaml.MarkedYAMLError) -> tuple[int | None, str]:
     return line, message
 
 
+class _Discard(dict[Path, int]):
+    """Where the lines go while nobody asked for them: nowhere."""
+
+    def __setitem__(self, path: Path, line: int) -> None:
+        pass
+
+
+def _lines_of(doc: Document) -> dict[Path, int]:
+    """The table a reading fills: the document's own, or a discarding one."""
+    return _Discard() if doc._lines is None else doc._lines
+
+
+class _NotComposable(Exception):
+    """The events break a rule of the composer (an unknown or repeated anchor, a
+    second document): the composer is asked to say how."""
+
+
+class _Scalar:
+    """A scalar, kept only as long as needed: an anchored one, a key, a merge."""
+
+    __slots__ = ("line", "style", "tag", "value")
+
+    def __init__(self, tag: str, value: str, line: int, style: str | None) -> None:
+        self.tag = tag
+        self.value = value
+        self.line = line
+        self.style = style
+
+
+class _Sequence:
+    __slots__ = ("items", "line")
+
+    def __init__(self, line: int) -> None:
+        self.line = line
+        self.items: list[_Node] = []
+
+
+class _Mapping:
+    __slots__ = ("line", "pairs")
+
+    def __init__(self, line: int) -> None:
+        self.line = line
+        self.pairs: list[tuple[_Node, _Node]] = []
+
+
+_Node = _Scalar | _Sequence | _Mapping
+
+
+class _Builder:
+    """Plain data straight from the parser's events, without composing nodes.
+
+    Only what an alias or a merge key may refer to later (an anchored node, the
+    value of ``<<``) and what is skipped (a repeated key's value) is kept as a
+    small :data:`_Node`, so that its anchors are known; everything else becomes
+    data as its events arrive. The result, lines and problems are the same as
+    composing the document and walking its nodes.
+    """
+
+    def __init__(self, loader: Any, doc: Document, text_keys: frozenset[str]) -> None:
+        self.loader = loader
+        self.get_event = loader.get_event
+        self.peek_event = loader.peek_event
+        self.resolve = loader.resolve
+        self.doc = doc
+        self.lines = _lines_of(doc)
+        self.text_keys = text_keys
+        self.anchors: dict[str, _Node] = {}
+        self.walker = _Walker(doc, text_keys)
+
+    def stream(self) -> Any:
+        get_event, peek_event = self.get_event, self.peek_event
+        get_event()  # stream start
+        data = None
+        if not isinstance(peek_event(), StreamEndEvent):
+            get_event()  # document start
+            data = self.value((), as_text=False)
+            get_event()  # document end
+            if not isinstance(peek_event(), StreamEndEvent):
+                raise _NotComposable("expected a single document in the stream")
+        get_event()  # stream end
+        return data
+
+    def value(self, path: Path, as_text: bool) -> Any:
+        """The data of the next node, its events consumed."""
+        event = self.peek_event()
+        cls = type(event)
+        if cls is ScalarEvent and event.anchor is None:
+            self.get_event()
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = self.resolve(ScalarNode, event.value, event.implicit)
+            if tag == _STR:
+                return event.value
+            node = _Scalar(tag, event.value, event.start_mark.line + 1, event.style)
+            return self.walker.scalar(node, path, as_text)
+        if cls is SequenceStartEvent and event.anchor is None:
+            self.get_event()
+            return self.sequence(path, as_text)
+        if cls is MappingStartEvent and event.anchor is None:
+            self.get_event()
+            return self.mapping(path)
+        return self.walker.node(self.node(), path, as_text)  # an alias or an anchored node
+
+    def sequence(self, path: Path, as_text: bool) -> list[Any]:
+        items: list[Any] = []
+        lines = self.lines
+        peek_event = self.peek_event
+        index = 0
+        while True:
+            event = peek_event()
+            if type(event) is SequenceEndEvent:
+                self.get_event()
+                return items
+            item_path = (*path, index)
+            if type(event) is AliasEvent:
+                node = self.alias()
+                lines[item_path] = node.line
+                items.append(self.walker.node(node, item_path, as_text))
+            else:
+                lines[item_path] = event.start_mark.line + 1
+                items.append(self.value(item_path, as_text))
+            index += 1
+
+    def mapping(self, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        merges: list[_Node] = []
+        lines = self.lines
+        text_keys = self.text_keys
+        get_event, peek_event, resolve = self.get_event, self.peek_event, self.resolve
+        while True:
+            event = peek_event()
+            cls = type(event)
+            if cls is MappingEndEvent:
+                get_event()
+                break
+            if cls is ScalarEvent and event.anchor is None:
+                get_event()
+                key = event.value
+                line = event.start_mark.line + 1
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolve(ScalarNode, key, event.implicit)
+            else:
+                key_node = self.node()
+                line = key_node.line
+                if not isinstance(key_node, _Scalar):
+                    self.walker.problem(line, path, "a key must be a name, not a list or a mapping")
+                    self.node()  # its value, for the anchors in it
+                    continue
+                key, tag = key_node.value, key_node.tag
+            if tag == _MERGE:
+                merges.append(self.node())
+                continue
+            if key in first_line:
+                message = f"duplicate key (first on line {first_line[key]})"
+                self.walker.problem(line, (*path, key), message)
+                self.node()
+                continue
+            first_line[key] = line
+            key_path = (*path, key)
+            lines[key_path] = line
+            out[key] = self.value(key_path, key in text_keys)
+        for merge in merges:
+            self.walker.merge(merge, path, out)
+        return out
+
+    def node(self) -> _Node:
+        """The next node as a :data:`_Node`, its anchor (and those in it) remembered."""
+        event = self.get_event()
+        cls = type(event)
+        if cls is AliasEvent:
+            return self.aliased(event)
+        anchor = event.anchor
+        if anchor is not None and anchor in self.anchors:
+            raise _NotComposable(f"found duplicate anchor {anchor!r}")
+        line = event.start_mark.line + 1
+        tag = event.tag
+        node: _Node
+        if cls is ScalarEvent:
+            if tag is None or tag == "!":
+                tag = self.resolve(ScalarNode, event.value, event.implicit)
+            node = _Scalar(tag, event.value, line, event.style)
+            if anchor is not None:
+                self.anchors[anchor] = node
+            return node
+        if cls is SequenceStartEvent:
+            node = _Sequence(line)
+            if anchor is not None:
+                self.anchors[anchor] = node
+            items = node.items
+            while type(self.peek_event()) is not SequenceEndEvent:
+                items.append(self.node())
+        else:
+            node = _Mapping(line)
+            if anchor is not None:
+                self.anchors[anchor] = node
+            pairs = node.pairs
+            while type(self.peek_event()) is not MappingEndEvent:
+                key = self.node()
+                pairs.append((key, self.node()))
+        self.get_event()  # the end of the collection
+        return node
+
+    def alias(self) -> _Node:
+        return self.aliased(self.get_event())
+
+    def aliased(self, event: AliasEvent) -> _Node:
+        node = self.anchors.get(event.anchor) if event.anchor is not None else None
+        if node is None:
+            raise _NotComposable(f"found undefined alias {event.anchor!r}")
+        return node
+
+
 class _Walker:
+    """The data of a :data:`_Node` (an alias's target or a merged mapping)."""
+
     def __init__(self, doc: Document, text_keys: frozenset[str]) -> None:
         self.doc = doc
-        self.lines = doc.lines
+        self.lines = _lines_of(doc)
         self.text_keys = text_keys
         self.constructor = SafeConstructor()
         self.active: set[int] = set()
 
-    def problem(self, node: Node, path: Path, message: str) -> None:
-        self.doc.problems.append(YamlProblem(node.start_mark.line + 1, path, message))
+    def problem(self, line: int, path: Path, message: str) -> None:
+        self.doc.problems.append(YamlProblem(line, path, message))
 
-    def node(self, node: Node, path: Path, as_text: bool) -> Any:
-        if isinstance(node, ScalarNode):
+    def node(self, node: _Node, path: Path, as_text: bool) -> Any:
+        if isinstance(node, _Scalar):
             return self.scalar(node, path, as_text)
         if id(node) in self.active:
-            self.problem(node, path, "an alias refers to the collection that contains it")
+            self.problem(node.line, path, _RECURSIVE)
             return None
         self.active.add(id(node))
         try:
-            if isinstance(node, SequenceNode):
+            if isinstance(node, _Sequence):
                 items = []
                 lines = self.lines
-                for index, item in enumerate(node.value):
+                for index, item in enumerate(node.items):
                     item_path = (*path, index)
-                    lines[item_path] = item.start_mark.line + 1
+                    lines[item_path] = item.line
                     items.append(self.node(item, item_path, as_text))
                 return items
-            assert isinstance(node, MappingNode)
             return self.mapping(node, path)
         finally:
             self.active.discard(id(node))
 
-    def scalar(self, node: ScalarNode, path: Path, as_text: bool) -> Any:
+    def scalar(self, node: _Scalar, path: Path, as_text: bool) -> Any:
         tag = node.tag
         if tag == _STR:
             return node.value
@@ -184,61 +463,67 @@ class _Walker:
             return None
         if as_text and tag in _NUMBERISH:
             return node.value
+        # The constructor's own checks and messages, on a node made for it alone.
+        yaml_node = ScalarNode(tag, node.value, None, None, style=node.style)
         try:
             if tag == _INT:
-                return self.constructor.construct_yaml_int(node)
+                return self.constructor.construct_yaml_int(yaml_node)
             if tag == _BOOL:
-                return self.constructor.construct_yaml_bool(node)
+                return self.constructor.construct_yaml_bool(yaml_node)
             if tag == _FLOAT:
-                return self.constructor.construct_yaml_float(node)
-            return self.constructor.construct_object(node, deep=True)
+                return self.constructor.construct_yaml_float(yaml_node)
+            return self.constructor.construct_object(yaml_node, deep=True)
         except ConstructorError as exc:
-            self.problem(node, path, exc.problem or "cannot read this value")
-            return None
+            self.problem(node.line, path, exc.problem or "cannot read this value")
+        except (ValueError, LookupError, AttributeError, TypeError):  # !!int x, !!bool maybe
+            self.problem(node.line, path, f"not a valid {tag.rpartition(':')[2]}")
+        return None
 
-    def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+    def mapping(self, node: _Mapping, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         first_line: dict[str, int] = {}
-        merges: list[Node] = []
+        merges: list[_Node] = []
         lines = self.lines
         text_keys = self.text_keys
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
+        for key_node, value_node in node.pairs:
+            if isinstance(key_node, _Scalar) and key_node.tag == _MERGE:
                 merges.append(value_node)
                 continue
-            if not isinstance(key_node, ScalarNode):
-                self.problem(key_node, path, "a key must be a name, not a list or a mapping")
+            if not isinstance(key_node, _Scalar):
+                self.problem(key_node.line, path, "a key must be a name, not a list or a mapping")
                 continue
             key = key_node.value
-            line = key_node.start_mark.line + 1
+            line = key_node.line
             if key in first_line:
                 message = f"duplicate key (first on line {first_line[key]})"
-                self.problem(key_node, (*path, key), message)
+                self.problem(line, (*path, key), message)
                 continue
             first_line[key] = line
             key_path = (*path, key)
             lines[key_path] = line
-            if value_node.tag == _STR and isinstance(value_node, ScalarNode):
-                out[key] = value_node.value  # the common case, without a call
-            else:
-                out[key] = self.node(value_node, key_path, key in text_keys)
+            out[key] = self.node(value_node, key_path, key in text_keys)
         for merge in merges:
             self.merge(merge, path, out)
         return out
 
-    def merge(self, node: Node, path: Path, out: dict[str, Any]) -> None:
+    def merge(self, node: _Node, path: Path, out: dict[str, Any]) -> None:
         """Add the keys of a merged mapping (or list of them) that ``out`` lacks."""
-        sources = node.value if isinstance(node, SequenceNode) else [node]
+        sources = node.items if isinstance(node, _Sequence) else [node]
         for source in sources:
-            if not isinstance(source, MappingNode):
-                self.problem(node, path, "'<<' merges a mapping or a list of mappings")
+            if not isinstance(source, _Mapping):
+                self.problem(node.line, path, "'<<' merges a mapping or a list of mappings")
+                continue
+            if id(source) in self.active:
+                self.problem(source.line, path, _RECURSIVE)
                 continue
             saved = self.lines
             self.lines = {}
+            self.active.add(id(source))
             try:
                 merged = self.mapping(source, path)
             finally:
                 merged_lines, self.lines = self.lines, saved
+                self.active.discard(id(source))
             depth = len(path)
             for merged_path, line in merged_lines.items():
                 if merged_path[depth] not in out:
