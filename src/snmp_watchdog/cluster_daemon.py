@@ -23,9 +23,12 @@ Exactly once, as far as SNMP allows:
 * Each receiver's queue is delivered by the node that owns that receiver (a
   name ``@RECEIVER`` in the same rendezvous as the services), oldest first;
   the row leaves the outbox once sent (a trap) or acknowledged or given up
-  (an inform). A new owner of the receiver takes over what is pending,
-  informs included. A node fenced or no longer owning a receiver stops its
-  delivery at once (an inform being retried included).
+  (an inform). One node at a time delivers a queue: it claims it in the
+  database first (fenced on the receiver's epoch), and a new owner waits
+  until the old one has released it or its lease has run out. A node no
+  longer owning a receiver finishes the notification in hand (the send and
+  the row's delete) while its lease lasts, then stops (an inform waiting to
+  be retried at once) and releases the queue; a fenced node stops at once.
 * The outbox rows of every node are numbered in the order of the sequence:
   each notifying transaction takes the sequence row's lock before it inserts,
   so row ids are committed in order and a reader never skips one.
