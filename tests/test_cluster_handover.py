@@ -118,8 +118,8 @@ def test_traps_flowing_while_a_node_joins_and_leaves_arrive_exactly_once(
             daemons.append(joining)
             joining.wait_for(rf"delivers to {name}")
             time.sleep(1.0)
-            joining.stop()  # a clean stop: the queue goes back to the first node
             mark = len(first.lines)
+            joining.stop()  # a clean stop: the queue goes back to the first node
             first.wait_for(rf"delivers to {name}", start=mark)
             time.sleep(0.5)
     finally:
