@@ -194,28 +194,32 @@ class ClusterQueue:
         self.reset()  # what the previous holder left, read afresh
         return True
 
-    async def release(self) -> None:
-        """Give up the delivery of the queue (after the rows already sent are deleted)."""
+    def release(self) -> asyncio.Task[None] | None:
+        """Give up the delivery of the queue, in the background (the task, if any).
+
+        The rows already sent are deleted first; a database that does not
+        answer delays the release, never the caller.
+        """
         self.reset()
         epoch, self._claimed = self._claimed, None
         if epoch is None:
-            return
-        await self.settle()
-        try:
-            await self._store.release_delivery(self._receiver, self._node, epoch)
-        except StoreError as exc:
-            log.warning("outbox of %s: %s; handing it over later", self._receiver, exc)
-            self._releasing = asyncio.get_running_loop().create_task(self._release_later(epoch))
+            return None
+        self._releasing = asyncio.get_running_loop().create_task(self._release(epoch))
+        return self._releasing
 
-    async def _release_later(self, epoch: int) -> None:
+    async def _release(self, epoch: int) -> None:
+        await self.settle()
+        failing = False
         while True:
-            await asyncio.sleep(1.0)
             try:
                 await self._store.release_delivery(self._receiver, self._node, epoch)
             except StoreError as exc:
-                log.debug("outbox of %s: %s", self._receiver, exc)
+                if not failing:
+                    log.warning("outbox of %s: %s; handing it over later", self._receiver, exc)
+                failing = True
             else:
                 return
+            await asyncio.sleep(1.0)
 
     async def _load(self) -> None:
         try:
@@ -312,8 +316,8 @@ class ClusterDispatcher(Dispatcher):
             self._idle[name].set()
         return self._idle[name]
 
-    async def halt(self, name: str) -> None:
-        """Stop delivering to ``name``, then hand its queue over.
+    async def halt(self, name: str) -> asyncio.Task[None] | None:
+        """Stop delivering to ``name``, then hand its queue over (the release's task).
 
         The notification in hand, if any, is finished first (sent, its row
         deleted) while the lease lasts; an inform waiting to be retried, or a
@@ -337,12 +341,14 @@ class ClusterDispatcher(Dispatcher):
                 if self._workers.get(name) is worker:
                     del self._workers[name]
                 self._idle_event(name).set()
-        await self._node.queue(name).release()
+        return self._node.queue(name).release()
 
     async def halt_all(self) -> None:
         """Stop delivering to every receiver and hand the queues over (a clean stop)."""
-        for name in list(self._queues):
-            await self.halt(name)
+        releases = [await self.halt(name) for name in list(self._queues)]
+        waiting = [r for r in releases if r is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(self._node.lease_left(), 0.001))
 
     def go(self, name: str) -> None:
         """Deliver to ``name``: this node owns it now."""
@@ -411,6 +417,7 @@ class ClusterNode(Standalone):
         self._queues: dict[str, ClusterQueue] = {}
         self._saved: dict[str, state.ServiceState] = {}  # as last written, per owned service
         self._changes: asyncio.Queue[Owned] = asyncio.Queue()
+        self._releases: set[asyncio.Task[None]] = set()  # of removed receivers' queues
 
     @staticmethod
     def name_of(settings: model.Settings) -> str:
@@ -572,7 +579,10 @@ class ClusterNode(Standalone):
         await self._daemon()._discard_orphans(new, self.pg)
         kept = {r.name for r in new.receivers}
         for name in [n for n in self._queues if n not in kept]:
-            await self._queues.pop(name).release()
+            release = self._queues.pop(name).release()
+            if release is not None:  # kept until done: the queue is gone
+                self._releases.add(release)
+                release.add_done_callback(self._releases.discard)
         assert self.member is not None
         self.member.poke()
 
