@@ -46,14 +46,16 @@ def moving_receiver(prefix: str) -> str:
     raise AssertionError("no receiver name moves to the joining node")
 
 
-def write_config(path: Path, node: str, url: str, receiver: str, port: int) -> None:
+def write_config(
+    path: Path, node: str, url: str, receiver: str, port: int, *, lease: str = "2s"
+) -> None:
     services = "".join(
         f"  - {{name: svc-{i:02}, host: 127.0.0.1, port: {port}, check: tcp}}\n"
         for i in range(SERVICES)
     )
     path.write_text(
         f"""
-watchdog: {{state_dir: {path.parent}/{node}, store: {url}, node: {node}, lease: 2s,
+watchdog: {{state_dir: {path.parent}/{node}, store: {url}, node: {node}, lease: {lease},
            store_password: "${{WATCHDOG_TEST_PG_PASSWORD}}"}}
 defaults: {{interval: 0.1s, retry_interval: 0.1s, timeout: 0.3s, fall: 1, rise: 1, jitter: 0,
            flap_changes: 0}}
@@ -238,3 +240,42 @@ def test_informs_to_a_distant_receiver_are_sent_by_one_node_at_a_time_when_it_mo
     assert [s for s, n in seen.items() if n > 1] == [], (first.lines, joining.lines)
     assert sorted(seen) == list(range(1, SERVICES + 1))
     assert {n.pdu for n in trapd.notifications} == {"INFORM"}
+
+
+def test_a_node_restarted_at_once_frees_the_queue_it_held_before(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    snmptrapd: Callable[..., Snmptrapd],
+    daemons: list[Daemon],
+) -> None:
+    """Killed and back within its lease, it holds nothing: the receiver's new owner sends."""
+    database = postgres_server.create_database()
+    url = f"postgresql://{SUPERUSER}@127.0.0.1:{postgres_server.port}/{database}"
+    trapd = snmptrapd(communities=["public"])
+    name = moving_receiver("traps")
+    receiver = (
+        f"{{name: {name}, host: 127.0.0.1, port: {trapd.port}, version: 2c, community: public}}"
+    )
+    listener = Listener()
+    listener.start()
+    configs = {}
+    for node in (FIRST, JOINING):
+        configs[node] = tmp_path / f"{node}.yaml"
+        write_config(configs[node], node, url, receiver, listener.port, lease="10s")
+    first = Daemon(configs[FIRST], env=ENV)
+    daemons.append(first)
+    first.wait_for(rf"delivers to {name}")
+    time.sleep(1.0)  # it has claimed the queue
+    first.kill()
+    joining = Daemon(configs[JOINING], env=ENV)  # the receiver's owner from now on
+    daemons.append(joining)
+    joining.wait_for(rf"{name}: waiting for the previous owner")  # the killed node's claim
+    first = Daemon(configs[FIRST], env=ENV)  # back before its lease has run out
+    daemons.append(first)
+    first.wait_for("ready")
+    time.sleep(1.0)  # every service up, silently
+    listener.stop()
+    trapd.wait_for(SERVICES, timeout=10)
+    time.sleep(1.0)  # a repeat would show by now
+    seen = sequences(trapd.notifications)
+    assert sorted(seen.elements()) == list(range(1, SERVICES + 1))
