@@ -10,6 +10,7 @@ away when its queue moves: every sequence number must reach snmptrapd once.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -47,8 +48,9 @@ def moving_receiver(prefix: str) -> str:
 
 
 def write_config(
-    path: Path, node: str, url: str, receiver: str, port: int, *, lease: str = "2s"
+    path: Path, node: str, url: str, receivers: list[str], port: int, *, lease: str = "2s"
 ) -> None:
+    listed = "".join(f"  - {r}\n" for r in receivers)
     services = "".join(
         f"  - {{name: svc-{i:02}, host: 127.0.0.1, port: {port}, check: tcp}}\n"
         for i in range(SERVICES)
@@ -60,8 +62,7 @@ watchdog: {{state_dir: {path.parent}/{node}, store: {url}, node: {node}, lease: 
 defaults: {{interval: 0.1s, retry_interval: 0.1s, timeout: 0.3s, fall: 1, rise: 1, jitter: 0,
            flap_changes: 0}}
 receivers:
-  - {receiver}
-services:
+{listed}services:
 {services}"""
     )
 
@@ -94,7 +95,7 @@ def test_traps_flowing_while_a_node_joins_and_leaves_arrive_exactly_once(
     configs = {}
     for node in (FIRST, JOINING):
         configs[node] = tmp_path / f"{node}.yaml"
-        write_config(configs[node], node, url, receiver, listener.port)
+        write_config(configs[node], node, url, [receiver], listener.port)
     first = Daemon(configs[FIRST], env=ENV)
     daemons.append(first)
     first.wait_for(rf"delivers to {name}")
@@ -216,7 +217,7 @@ def test_informs_to_a_distant_receiver_are_sent_by_one_node_at_a_time_when_it_mo
     configs = {}
     for node in (FIRST, JOINING):
         configs[node] = tmp_path / f"{node}.yaml"
-        write_config(configs[node], node, url, receiver, listener.port)
+        write_config(configs[node], node, url, [receiver], listener.port)
     first = Daemon(configs[FIRST], env=ENV)
     daemons.append(first)
     try:
@@ -261,7 +262,7 @@ def test_a_node_restarted_at_once_frees_the_queue_it_held_before(
     configs = {}
     for node in (FIRST, JOINING):
         configs[node] = tmp_path / f"{node}.yaml"
-        write_config(configs[node], node, url, receiver, listener.port, lease="10s")
+        write_config(configs[node], node, url, [receiver], listener.port, lease="10s")
     first = Daemon(configs[FIRST], env=ENV)
     daemons.append(first)
     first.wait_for(rf"delivers to {name}")
@@ -279,3 +280,58 @@ def test_a_node_restarted_at_once_frees_the_queue_it_held_before(
     time.sleep(1.0)  # a repeat would show by now
     seen = sequences(trapd.notifications)
     assert sorted(seen.elements()) == list(range(1, SERVICES + 1))
+
+
+def test_a_receiver_removed_by_a_reload_is_free_for_its_next_owner_when_it_comes_back(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    snmptrapd: Callable[..., Snmptrapd],
+    daemons: list[Daemon],
+) -> None:
+    """The node that delivered it lets it go, though it never hears of its new owner."""
+    database = postgres_server.create_database()
+    url = f"postgresql://{SUPERUSER}@127.0.0.1:{postgres_server.port}/{database}"
+    trapd = snmptrapd(communities=["public"])
+    other = snmptrapd(communities=["public"])
+    third = "c"
+    name = next(
+        f"traps-{i}"
+        for i in range(1000)
+        if cluster.owner(f"@traps-{i}", [FIRST, JOINING]) == JOINING
+        and cluster.owner(f"@traps-{i}", [FIRST, JOINING, third]) == third
+    )
+    receiver = (
+        f"{{name: {name}, host: 127.0.0.1, port: {trapd.port}, version: 2c, community: public}}"
+    )
+    stays = f"{{name: stays, host: 127.0.0.1, port: {other.port}, version: 2c, community: public}}"
+    listener = Listener()
+    listener.start()
+    nodes = {}
+    for node in (FIRST, JOINING):
+        write_config(tmp_path / f"{node}.yaml", node, url, [stays, receiver], listener.port)
+        nodes[node] = Daemon(tmp_path / f"{node}.yaml", env=ENV)
+        daemons.append(nodes[node])
+    nodes[JOINING].wait_for(rf"delivers to .*{name}")
+    time.sleep(1.0)  # it has claimed the queue
+
+    def reload(receivers: list[str]) -> None:
+        for node, d in nodes.items():
+            write_config(tmp_path / f"{node}.yaml", node, url, receivers, listener.port)
+            mark = len(d.lines)
+            d.signal(signal.SIGHUP)
+            d.wait_for(r"configuration reloaded", start=mark)
+
+    reload([stays])
+    write_config(tmp_path / f"{third}.yaml", third, url, [stays], listener.port)
+    nodes[third] = Daemon(tmp_path / f"{third}.yaml", env=ENV)
+    daemons.append(nodes[third])
+    nodes[third].wait_for("ready")
+    reload([stays, receiver])  # back, and its owner is the third node now
+    nodes[third].wait_for(rf"delivers to .*{name}")
+    time.sleep(1.0)  # every service up, silently
+    listener.stop()
+    trapd.wait_for(SERVICES, timeout=10)
+    time.sleep(1.0)  # a repeat would show by now
+    seen = sequences(trapd.notifications)
+    assert sorted(seen.elements()) == sorted(sequences(other.notifications).elements())
+    assert len(seen) == SERVICES
