@@ -203,3 +203,41 @@ def test_a_late_batch_of_counters_never_takes_back_a_notified_change(pg_url: str
         ) == [name]
 
     with_nodes(pg_url, body)
+
+
+def test_a_receivers_queue_is_claimed_by_one_live_node_at_a_time(pg_url: str) -> None:
+    """The new owner waits for the old one's release, or for its lease to run out."""
+    key = next(f"@r{i}" for i in range(100) if cluster.owner(f"@r{i}", ["a", "b"]) == "b")
+    receiver = key[1:]
+
+    async def body(a: PgStore, b: PgStore) -> None:
+        await a.renew_lease("a", 30)
+        assert (await a.rebalance([key]))[key] == Ownership("a", 1)
+        assert await a.claim_delivery(receiver, key, "a", 1) is True
+        assert await a.claim_delivery(receiver, key, "a", 1) is True  # it holds it already
+        await b.renew_lease("b", 30)
+        assert (await b.rebalance([key]))[key] == Ownership("b", 2)
+        assert await a.claim_delivery(receiver, key, "a", 1) is False  # fenced: epoch 1 is gone
+        assert await b.claim_delivery(receiver, key, "b", 1) is False  # not its epoch
+        assert await b.claim_delivery(receiver, key, "b", 2) is False  # a still holds it
+        await a.release_delivery(receiver, "a", 2)  # not the epoch it claimed under: no-op
+        assert await b.claim_delivery(receiver, key, "b", 2) is False
+        await a.release_delivery(receiver, "a", 1)
+        assert await b.claim_delivery(receiver, key, "b", 2) is True
+
+        # A holder whose lease has run out no longer holds anyone up.
+        await a.renew_lease("a", 30)
+        assert (await a.rebalance([key]))[key] == Ownership("b", 2)
+        await b.leave("b")
+        assert (await a.rebalance([key]))[key] == Ownership("a", 3)
+        assert await a.claim_delivery(receiver, key, "a", 3) is True  # b left: its claim lapsed
+        await b.renew_lease("b", 30)
+        assert (await b.rebalance([key]))[key] == Ownership("b", 4)
+        assert await b.claim_delivery(receiver, key, "b", 4) is False
+        await expire(a, "a")
+        assert await b.claim_delivery(receiver, key, "b", 4) is True
+        await a.renew_lease("a", 30)
+        await a.release_deliveries("a")  # a node starting afresh: b's claim stays
+        assert await b.claim_delivery(receiver, key, "b", 4) is True
+
+    with_nodes(pg_url, body)

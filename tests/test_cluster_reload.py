@@ -184,7 +184,6 @@ def test_a_reload_removing_a_down_service_closes_its_problem_once_and_forgets_it
     failing.start()
     services = {"stays": listener.port, "gone": failing.port}
     nodes = start_cluster(tmp_path, url, receivers, services, daemons)
-    time.sleep(1.5)  # the services and the receiver are shared out
     failing.stop()
     trapd.wait_for(1, timeout=15)
     time.sleep(0.5)
@@ -364,7 +363,6 @@ def test_a_reload_giving_a_receiver_a_down_service_sends_it_the_down_flagged_add
     failing.start()
     services = {"down": failing.port}
     nodes = start_cluster(tmp_path, url, receivers, services, daemons, to={"down": "first"})
-    time.sleep(1.5)  # the services and the receivers are shared out
     failing.stop()
     first.wait_for(1, timeout=15)
     reload_cluster(tmp_path, nodes, url, receivers, services, to={"down": "first, late"})

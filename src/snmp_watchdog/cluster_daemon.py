@@ -23,9 +23,12 @@ Exactly once, as far as SNMP allows:
 * Each receiver's queue is delivered by the node that owns that receiver (a
   name ``@RECEIVER`` in the same rendezvous as the services), oldest first;
   the row leaves the outbox once sent (a trap) or acknowledged or given up
-  (an inform). A new owner of the receiver takes over what is pending,
-  informs included. A node fenced or no longer owning a receiver stops its
-  delivery at once (an inform being retried included).
+  (an inform). One node at a time delivers a queue: it claims it in the
+  database first (fenced on the receiver's epoch), and a new owner waits
+  until the old one has released it or its lease has run out. A node no
+  longer owning a receiver finishes the notification in hand (the send and
+  the row's delete) while its lease lasts, then stops (an inform waiting to
+  be retried at once) and releases the queue; a fenced node stops at once.
 * The outbox rows of every node are numbered in the order of the sequence:
   each notifying transaction takes the sequence row's lock before it inserts,
   so row ids are committed in order and a reader never skips one.
@@ -97,12 +100,31 @@ def lease_policy(settings: model.Settings) -> LeasePolicy:
 
 
 class ClusterQueue:
-    """A receiver's queue read from the shared outbox, while this node owns the receiver."""
+    """A receiver's queue read from the shared outbox, while this node owns the receiver.
 
-    def __init__(self, store: PgStore, receiver: str, *, window: int = 100) -> None:
+    Nothing is read or sent before the node has claimed the delivery of the
+    queue in the database (``PgStore.claim_delivery``): a new owner waits
+    until the previous one has released it (its item in hand gone, its row
+    deleted) or its lease has run out, so two nodes never send at once.
+    """
+
+    def __init__(
+        self,
+        store: PgStore,
+        receiver: str,
+        *,
+        node: str,
+        epoch: Callable[[], int | None],
+        window: int = 100,
+    ) -> None:
         self._store = store
         self._receiver = receiver
+        self._node = node
+        self._epoch = epoch  # the epoch this node owns the receiver under (None: not now)
         self._window = window
+        self._claimed: int | None = None  # the epoch of the claim this node holds
+        self._releasing: asyncio.Task[None] | None = None
+        self._waiting = False
         self._items: collections.deque[Pending] = collections.deque()
         self._last_loaded = 0
         self._added = asyncio.Event()
@@ -139,13 +161,67 @@ class ClusterQueue:
 
     async def head(self) -> Pending:
         while True:
-            if not self._items:
-                await self._load()
-            if self._items:
-                return self._items[0]
+            if await self._claim():
+                if not self._items:
+                    await self._load()
+                if self._items:
+                    return self._items[0]
             self._added.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._added.wait(), POLL)
+
+    async def _claim(self) -> bool:
+        """True when this node holds the delivery of the queue (claimed now if need be)."""
+        epoch = self._epoch()
+        if epoch is None:
+            return False
+        if self._claimed == epoch:
+            return True
+        if self._releasing is not None and not self._releasing.done():
+            return False  # an earlier claim is still being given up
+        try:
+            ok = await self._store.claim_delivery(
+                self._receiver, receiver_key(self._receiver), self._node, epoch
+            )
+        except StoreError as exc:
+            log.debug("delivery to %s not claimable now: %s", self._receiver, exc)
+            return False
+        if not ok:
+            if not self._waiting:
+                log.info("%s: waiting for the previous owner to hand over", self._receiver)
+            self._waiting = True
+            return False
+        self._waiting = False
+        self._claimed = epoch
+        self.reset()  # what the previous holder left, read afresh
+        return True
+
+    def release(self) -> asyncio.Task[None] | None:
+        """Give up the delivery of the queue, in the background (the task, if any).
+
+        The rows already sent are deleted first; a database that does not
+        answer delays the release, never the caller.
+        """
+        self.reset()
+        epoch, self._claimed = self._claimed, None
+        if epoch is None:
+            return None
+        self._releasing = asyncio.get_running_loop().create_task(self._release(epoch))
+        return self._releasing
+
+    async def _release(self, epoch: int) -> None:
+        await self.settle()
+        failing = False
+        while True:
+            try:
+                await self._store.release_delivery(self._receiver, self._node, epoch)
+            except StoreError as exc:
+                if not failing:
+                    log.warning("outbox of %s: %s; handing it over later", self._receiver, exc)
+                failing = True
+            else:
+                return
+            await asyncio.sleep(1.0)
 
     async def _load(self) -> None:
         try:
@@ -217,7 +293,12 @@ class ClusterQueue:
 
 
 class ClusterDispatcher(Dispatcher):
-    """A ``Dispatcher`` whose per-receiver delivery runs only while this node may send."""
+    """A ``Dispatcher`` whose per-receiver delivery runs only while this node may send.
+
+    A notification in hand (from its send to the deletion of its row) is
+    finished before its receiver's delivery stops, while the lease lasts:
+    stopping between the two would leave the row to be sent again.
+    """
 
     def __init__(
         self,
@@ -228,13 +309,48 @@ class ClusterDispatcher(Dispatcher):
     ) -> None:
         self._node = node
         super().__init__(sender, receivers, log=log, queue_factory=queue_factory)
+        self._stopping: set[str] = set()
+        self._idle: dict[str, asyncio.Event] = {}  # clear while a notification is in hand
 
-    async def halt(self, name: str) -> None:
-        """Stop delivering to ``name`` now (an inform being retried included)."""
-        worker = self._workers.pop(name, None)
+    def _idle_event(self, name: str) -> asyncio.Event:
+        if name not in self._idle:
+            self._idle[name] = asyncio.Event()
+            self._idle[name].set()
+        return self._idle[name]
+
+    async def halt(self, name: str) -> asyncio.Task[None] | None:
+        """Stop delivering to ``name``, then hand its queue over (the release's task).
+
+        The notification in hand, if any, is finished first (sent, its row
+        deleted) while the lease lasts; an inform waiting to be retried, or a
+        node whose lease has run out, stops at once.
+        """
+        restart = self._restarts.pop(name, None)
+        if restart is not None:
+            restart.cancel()
+        worker = self._workers.get(name)
         if worker is not None:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            self._stopping.add(name)  # no new attempt starts
+            try:
+                idle = self._idle_event(name)
+                if not idle.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(idle.wait(), self._node.lease_left())
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+            finally:
+                self._stopping.discard(name)
+                if self._workers.get(name) is worker:
+                    del self._workers[name]
+                self._idle_event(name).set()
+        return self._node.queue(name).release()
+
+    async def halt_all(self) -> None:
+        """Stop delivering to every receiver and hand the queues over (a clean stop)."""
+        releases = [await self.halt(name) for name in list(self._queues)]
+        waiting = [r for r in releases if r is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(self._node.lease_left(), 0.001))
 
     def go(self, name: str) -> None:
         """Deliver to ``name``: this node owns it now."""
@@ -252,20 +368,30 @@ class ClusterDispatcher(Dispatcher):
         return True
 
     async def _attempt(self, item: Pending) -> Delivery:
-        if not self._node.may_send(item.receiver):
-            # Fenced or no longer the owner: never send; the halt cancels this worker.
+        name = item.receiver
+        if name in self._stopping or not self._node.may_send(name):
+            # Fenced, no longer the owner or stopping: never send; the halt cancels this worker.
             await asyncio.Event().wait()
-        return await super()._attempt(item)
+        idle = self._idle_event(name)
+        idle.clear()
+        delivery = await super()._attempt(item)
+        if delivery.unsent or (self._receivers[name].informs and delivery.error is not None):
+            idle.set()  # nothing was delivered: a halt need not wait for a retry
+        return delivery
 
     async def _trap(self, item: Pending) -> None:
-        if not self._node.may_send(item.receiver):
-            await asyncio.Event().wait()
-        await super()._trap(item)
-        await self._node.queue(item.receiver).delete(item)
+        try:
+            await super()._trap(item)
+            await self._node.queue(item.receiver).delete(item)
+        finally:
+            self._idle_event(item.receiver).set()
 
     async def _inform(self, item: Pending) -> None:
-        await super()._inform(item)
-        await self._node.queue(item.receiver).delete(item)
+        try:
+            await super()._inform(item)
+            await self._node.queue(item.receiver).delete(item)
+        finally:
+            self._idle_event(item.receiver).set()
 
 
 class ClusterNode(Standalone):
@@ -293,6 +419,7 @@ class ClusterNode(Standalone):
         self._queues: dict[str, ClusterQueue] = {}
         self._saved: dict[str, state.ServiceState] = {}  # as last written, per owned service
         self._changes: asyncio.Queue[Owned] = asyncio.Queue()
+        self._releases: set[asyncio.Task[None]] = set()  # of removed receivers' queues
 
     @staticmethod
     def name_of(settings: model.Settings) -> str:
@@ -351,6 +478,8 @@ class ClusterNode(Standalone):
         saved = await self.pg.load_states(mono_now=time.monotonic(), wall_now=time.time())
         await daemon._forget_removed(config, self.pg, saved)
         daemon.indexes = await self.pg.service_indexes(s.name for s in config.services)
+        # Nothing is in this node's hands yet: queues it held before a restart are free.
+        await self.pg.release_deliveries(self.node)
         return {}
 
     def notifier(self, config: model.Config, started: float) -> Notifier:
@@ -456,11 +585,19 @@ class ClusterNode(Standalone):
     async def reloaded(self, old: model.Config, new: model.Config) -> None:
         """Discard the queues of removed receivers; new names are shared out at once."""
         await self._daemon()._discard_orphans(new, self.pg)
+        kept = {r.name for r in new.receivers}
+        for name in [n for n in self._queues if n not in kept]:
+            release = self._queues.pop(name).release()
+            if release is not None:  # kept until done: the queue is gone
+                self._releases.add(release)
+                release.add_done_callback(self._releases.discard)
         assert self.member is not None
         self.member.poke()
 
     async def stop(self) -> None:
         log.info("stopping: handing the services over")
+        if self.dispatcher is not None and self.member is not None and self.member.may_act():
+            await self.dispatcher.halt_all()  # the notifications in hand leave first
         if self.member is not None:
             await self.member.leave()
 
@@ -477,15 +614,25 @@ class ClusterNode(Standalone):
 
     def queue(self, name: str) -> ClusterQueue:
         if name not in self._queues:
-            self._queues[name] = ClusterQueue(self.pg, name)
+            self._queues[name] = ClusterQueue(
+                self.pg, name, node=self.node, epoch=lambda: self._sending_epoch(name)
+            )
         return self._queues[name]
 
+    def _sending_epoch(self, receiver: str) -> int | None:
+        """The epoch this node owns ``receiver`` under, while it may send; else None."""
+        if self.member is None or not self.member.may_act():
+            return None
+        return self.owned.get(receiver_key(receiver))
+
     def may_send(self, receiver: str) -> bool:
-        return (
-            receiver_key(receiver) in self.owned
-            and self.member is not None
-            and self.member.may_act()
-        )
+        return self._sending_epoch(receiver) is not None
+
+    def lease_left(self) -> float:
+        """Seconds this node may still act (0 when fenced)."""
+        if self.member is None:
+            return 0.0
+        return self.member.lease.remaining(time.monotonic())
 
     async def _apply_changes(self) -> None:
         """Apply ownership changes in order: services to check, queues to deliver."""
@@ -512,7 +659,6 @@ class ClusterNode(Standalone):
             key = receiver_key(r.name)
             if key in old and old.get(key) != owned.get(key):
                 await self.dispatcher.halt(r.name)
-                self.queue(r.name).reset()
         states: dict[str, state.ServiceState] = {}
         if gained:
             saved = await self._load_for_takeover()

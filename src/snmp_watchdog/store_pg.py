@@ -611,6 +611,45 @@ class PgStore:
         counts["unknown"] = len(wanted) - counts["up"] - counts["down"]
         return counts
 
+    async def claim_delivery(self, receiver: str, key: str, node: str, epoch: int) -> bool:
+        """Take the delivery of ``receiver``'s queue for ``node``, owning ``key`` at ``epoch``.
+
+        True when ``node`` holds it now: it held it already, or nobody did, or
+        its holder's lease has run out (by the database's clock). False while
+        another live node holds it (it releases it once its item in hand has
+        left, see ``release_delivery``), or when ``node`` no longer holds
+        ``key`` at ``epoch``. The owner row stays share-locked until the
+        claim commits, so ownership cannot change hands in between.
+        """
+        try:
+            async with self.fenced(key, node, epoch):
+                rows = await self._read(
+                    "INSERT INTO delivery (receiver, node, epoch) VALUES (%(r)s, %(n)s, %(e)s) "
+                    "ON CONFLICT (receiver) DO UPDATE "
+                    "SET node = excluded.node, epoch = excluded.epoch "
+                    "WHERE delivery.node = excluded.node OR NOT EXISTS "
+                    "(SELECT 1 FROM node WHERE name = delivery.node AND expires_at > now()) "
+                    "RETURNING node",
+                    {"r": receiver, "n": node, "e": epoch},
+                )
+        except cluster.Fenced:
+            return False
+        return bool(rows)
+
+    async def release_delivery(self, receiver: str, node: str, epoch: int) -> None:
+        """Give up the delivery of ``receiver``'s queue that ``node`` claimed at ``epoch``.
+
+        A claim taken again since (another epoch) stays.
+        """
+        await self._write(
+            "DELETE FROM delivery WHERE receiver = %s AND node = %s AND epoch = %s",
+            (receiver, node, epoch),
+        )
+
+    async def release_deliveries(self, node: str) -> None:
+        """Give up every queue ``node`` holds (it starts afresh: nothing is in its hands)."""
+        await self._write("DELETE FROM delivery WHERE node = %s", (node,))
+
     @contextlib.asynccontextmanager
     async def fenced(self, service: str, node: str, epoch: int) -> AsyncIterator[None]:
         """A transaction whose writes commit only if ``node`` still holds ``epoch``."""
@@ -738,6 +777,19 @@ async def _cluster_v1(db: Conn) -> None:
     )
 
 
+async def _cluster_v2(db: Conn) -> None:
+    """Who delivers each receiver's queue: one node at a time, even across a handover."""
+    await db.execute(
+        """
+        CREATE TABLE delivery (
+            receiver text PRIMARY KEY,
+            node     text NOT NULL,
+            epoch    bigint NOT NULL  -- the epoch of the receiver's ownership when claimed
+        )
+        """
+    )
+
+
 #: Tables only a shared store has, versioned apart from the common schema
 #: (``watchdog_schema.cluster_version``).
-_CLUSTER_MIGRATIONS: list[Callable[[Conn], Any]] = [_cluster_v1]
+_CLUSTER_MIGRATIONS: list[Callable[[Conn], Any]] = [_cluster_v1, _cluster_v2]
