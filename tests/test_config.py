@@ -476,6 +476,57 @@ def test_a_mapping_merged_into_itself(tmp_path: Path) -> None:
     ]
 
 
+def _check_config_bounded(path: Path) -> subprocess.CompletedProcess[str]:
+    """``watchdog check-config`` in a process that may use 1 GiB of address space."""
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
+    code = f"{limit}; from snmp_watchdog.cli import main; raise SystemExit(main())"
+    argv = [sys.executable, "-c", code, "-c", str(path), "check-config"]
+    return subprocess.run(
+        argv, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+
+
+def test_aliases_of_aliases_stop_at_a_bound(tmp_path: Path) -> None:
+    # Nine levels of ten aliases each would be a billion values: the reading
+    # stops with the file's line instead of filling the memory.
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = write(tmp_path / "w.yaml", "\n".join(levels) + "\n")
+    done = _check_config_bounded(path)
+    assert (done.returncode, done.stdout.partition("\n")[0]) == (
+        2,
+        f"{path}:6: the aliases expand to more than 1,000,000 values (an alias of an "
+        "alias of ...); write the values out or use fewer levels",
+    ), done.stdout
+
+
+def test_aliases_that_expand_moderately_are_read(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 5)]
+    path = write(tmp_path / "w.yaml", "\n".join(levels) + "\n")
+    # 123,455 values: no problem of the aliases, only the unknown sections
+    assert [line.partition(": ")[2] for line in problems_of(path)] == [
+        f"a{i}: unknown section (the sections are watchdog, defaults, receivers, "
+        "services and agent)"
+        for i in range(5)
+    ]
+
+
+@pytest.mark.parametrize("depth", [600, 900])
+def test_collections_nested_too_deeply(tmp_path: Path, depth: int) -> None:
+    text = "watchdog:\n" + "".join(f"{'  ' * level}  k{level}:\n" for level in range(depth))
+    path = write(tmp_path / "w.yaml", text)
+    problems = problems_of(path)
+    assert len(problems) == 1
+    # the line is where the reading stopped, somewhere down the staircase
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:\d+: the collections are nested too deeply", problems[0]
+    ), problems
+    done = _check_config_bounded(path)
+    assert done.returncode == 2, done.stdout
+    assert "Traceback" not in done.stdout
+
+
 def test_a_value_its_tag_cannot_read(tmp_path: Path) -> None:
     path = write(
         tmp_path / "w.yaml",
