@@ -8,6 +8,7 @@ its directory ``DIR``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 import subprocess
@@ -476,13 +477,18 @@ def test_a_mapping_merged_into_itself(tmp_path: Path) -> None:
     ]
 
 
-def _check_config_bounded(path: Path) -> subprocess.CompletedProcess[str]:
+def _check_config_bounded(path: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``watchdog check-config`` in a process that may use 1 GiB of address space."""
     limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
     code = f"{limit}; from snmp_watchdog.cli import main; raise SystemExit(main())"
     argv = [sys.executable, "-c", code, "-c", str(path), "check-config"]
     return subprocess.run(
-        argv, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+        argv,
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -525,6 +531,35 @@ def test_collections_nested_too_deeply(tmp_path: Path, depth: int) -> None:
     done = _check_config_bounded(path)
     assert done.returncode == 2, done.stdout
     assert "Traceback" not in done.stdout
+
+
+def test_a_fifo_is_not_waited_for(tmp_path: Path) -> None:
+    # Opening a FIFO for reading waits for a writer: for ever, and a reload with it.
+    fifo = tmp_path / "input"
+    os.mkfifo(fifo)
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n  - name: a\n    host: h\n    port: 7\n    check: tcp\n"
+        f"    send_file: {fifo}\n",
+    )
+    done = _check_config_bounded(path, timeout=60)
+    assert done.stdout.splitlines()[0] == (
+        f"{path}:6: services[0].send_file: cannot read {fifo}: not a regular file"
+    )
+    done = _check_config_bounded(fifo, timeout=60)
+    assert done.stdout.splitlines()[0] == f"{fifo}: cannot read the file: not a regular file"
+
+
+def test_a_device_is_not_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "receivers:\n  - name: r\n    host: h\n    version: 2c\n    community_file: /dev/zero\n",
+    )
+    # /dev/zero never ends: read, it would fill the memory
+    done = _check_config_bounded(path, timeout=60)
+    assert done.stdout.splitlines()[0] == (
+        f"{path}:5: receivers[0].community_file: cannot read /dev/zero: not a regular file"
+    )
 
 
 def test_a_value_its_tag_cannot_read(tmp_path: Path) -> None:
