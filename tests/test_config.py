@@ -562,6 +562,19 @@ def test_a_device_is_not_read(tmp_path: Path) -> None:
     )
 
 
+def test_a_path_with_a_nul_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        'watchdog:\n  state_dir: "/var/lib/a\\0b"\n'
+        "services:\n  - name: a\n    host: h\n    port: 7\n    check: tcp\n"
+        '    send_file: "in\\0put"\n',
+    )
+    assert problems_of(path) == [
+        f"{path}:2: watchdog.state_dir: expected a file or directory path, got '/var/lib/a\\x00b'",
+        f"{path}:8: services[0].send_file: expected a file or directory path, got 'in\\x00put'",
+    ]
+
+
 def test_a_value_its_tag_cannot_read(tmp_path: Path) -> None:
     path = write(
         tmp_path / "w.yaml",
