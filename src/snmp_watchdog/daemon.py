@@ -903,6 +903,8 @@ class Daemon:
     def _store_recovered(self) -> None:
         if self._store_failing:
             log.info("the state database is writable again")
+            if self.notifier is not None:
+                self.notifier.store_writable()
         self._store_failing = False
 
     async def _flush_loop(self) -> None:

@@ -230,6 +230,12 @@ class Notifier:
             config.receivers, allow_weak_crypto=config.settings.allow_weak_crypto
         )
 
+    def store_writable(self) -> None:
+        """The state database can be written again: delete what was delivered meanwhile."""
+        for queue in self._queues.values():
+            if isinstance(queue, StoreQueue):
+                queue.retry_deletes()
+
     async def close(self) -> None:
         await self.dispatcher.close()
         for queue in self._queues.values():
