@@ -321,6 +321,51 @@ def test_what_was_delivered_while_the_disk_was_full_is_not_sent_again_after_a_cr
     assert len([n for n in trapd.notifications if n.pdu == "INFORM"]) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_a_number_used_while_the_disk_was_full_is_not_used_again_after_a_restart(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """Down #3 goes out from memory; the disk is freed, the daemon stops: Up is #4, not #3."""
+    trapd = snmptrapd(communities=["public", INFORM_COMMUNITY])
+    assert trapd.port is not None
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        cfg.write_text(config_text(disk.path, trapd.port, service("mail", smtp.port)))
+
+        def start() -> Daemon:
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+            daemons.append(d)
+            d.wait_for("ready")
+            return d
+
+        d = start()
+        d.wait_for(r"down #1 \(mail\) to informs acknowledged")
+        smtp.start()
+        d.wait_for(r"up #2 \(mail\) to informs acknowledged")
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        smtp.stop()
+        d.wait_for(r"down #3 \(mail\) to informs acknowledged", start=failed)
+        filler.unlink()
+        back = d.wait_for(r"INFO the state database is writable again", start=failed)
+        first = d.wait_for(r"check mail: refused", start=back)
+        d.wait_for(r"check mail: refused", start=first + 1)  # a flush has passed
+        assert d.stop() == 0
+
+        d = start()
+        smtp.start()
+        d.wait_for(r"up #4 \(mail\) to informs acknowledged")
+        assert d.stop() == 0
+    finally:
+        disk.close()
+    expected = [(1, "down", "mail"), (2, "up", "mail"), (3, "down", "mail"), (4, "up", "mail")]
+    assert distinct(trapd.notifications, "TRAP2") == expected
+    assert distinct(trapd.notifications, "INFORM") == expected
+
+
 # --- SIGTERM in a flood of checks ------------------------------------------------------------
 
 FLOOD = 300

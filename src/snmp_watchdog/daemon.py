@@ -880,6 +880,11 @@ class Daemon:
                     self._dirty = {**dirty, **self._dirty}
                 else:
                     self._store_recovered()
+            if not self._store_failing and self.notifier is not None:
+                try:  # a number sent from memory must not be handed out again after a restart
+                    await self.notifier.store_sequence()
+                except StoreError as exc:
+                    self._store_failed(exc)
         await self.placement.flushed()
 
     def _store_failed(self, exc: StoreError) -> None:
