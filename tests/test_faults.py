@@ -366,6 +366,53 @@ def test_a_number_used_while_the_disk_was_full_is_not_used_again_after_a_restart
     assert distinct(trapd.notifications, "INFORM") == expected
 
 
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_a_service_a_reload_removed_while_the_disk_was_full_is_not_closed_again_at_restart(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """The reload's Up (removed) goes out from memory; its forgetting must follow."""
+    trapd = snmptrapd(communities=["public", INFORM_COMMUNITY])
+    assert trapd.port is not None
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        both = service("mail", smtp.port) + service("web", smtp.port)
+        cfg.write_text(config_text(disk.path, trapd.port, both))
+
+        def start() -> Daemon:
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+            daemons.append(d)
+            d.wait_for("ready")
+            return d
+
+        d = start()
+        d.wait_for(r"down #\d \(mail\) to informs acknowledged")
+        d.wait_for(r"down #\d \(web\) to informs acknowledged")
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        cfg.write_text(config_text(disk.path, trapd.port, service("web", smtp.port)))
+        d.signal(signal.SIGHUP)
+        d.wait_for(r"configuration reloaded", start=failed)
+        d.wait_for(r"up #3 \(mail\) to informs acknowledged", start=failed)
+        filler.unlink()
+        back = d.wait_for(r"INFO the state database is writable again", start=failed)
+        first = d.wait_for(r"check web: refused", start=back)
+        d.wait_for(r"check web: refused", start=first + 1)  # a flush has passed
+        assert d.stop() == 0
+
+        d = start()
+        first = d.wait_for(r"check web: refused")
+        d.wait_for(r"check web: refused", start=first + 1)
+        assert d.stop() == 0
+        assert not any("removed from the configuration while" in ln for ln in d.lines), d.lines
+    finally:
+        disk.close()
+    got = distinct(trapd.notifications, "INFORM")
+    assert sorted(kind for _, kind, name in got if name == "mail") == ["down", "up"], got
+
+
 # --- SIGTERM in a flood of checks ------------------------------------------------------------
 
 FLOOD = 300
