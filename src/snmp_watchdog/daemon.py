@@ -884,7 +884,7 @@ class Daemon:
                     self._dirty = {**dirty, **self._dirty}
                 else:
                     self._store_recovered()
-            if not self._store_failing and self.notifier is not None:
+            if self.notifier is not None:  # also while failing: a stop may come first
                 try:  # a number sent from memory must not be handed out again after a restart
                     await self.notifier.store_sequence()
                     await self._forget_unforgotten()
