@@ -8,6 +8,7 @@ its directory ``DIR``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 import subprocess
@@ -473,6 +474,104 @@ def test_a_mapping_merged_into_itself(tmp_path: Path) -> None:
     # the mapping is read once, without the merge, instead of endlessly
     assert problems_of(path) == [
         f"{path}:2: services[0]: an alias refers to the collection that contains it",
+    ]
+
+
+def _check_config_bounded(path: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``watchdog check-config`` in a process that may use 1 GiB of address space."""
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
+    code = f"{limit}; from snmp_watchdog.cli import main; raise SystemExit(main())"
+    argv = [sys.executable, "-c", code, "-c", str(path), "check-config"]
+    return subprocess.run(
+        argv,
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_aliases_of_aliases_stop_at_a_bound(tmp_path: Path) -> None:
+    # Nine levels of ten aliases each would be a billion values: the reading
+    # stops with the file's line instead of filling the memory.
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = write(tmp_path / "w.yaml", "\n".join(levels) + "\n")
+    done = _check_config_bounded(path)
+    assert (done.returncode, done.stdout.partition("\n")[0]) == (
+        2,
+        f"{path}:6: the aliases expand to more than 1,000,000 values (an alias of an "
+        "alias of ...); write the values out or use fewer levels",
+    ), done.stdout
+
+
+def test_aliases_that_expand_moderately_are_read(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 5)]
+    path = write(tmp_path / "w.yaml", "\n".join(levels) + "\n")
+    # 123,455 values: no problem of the aliases, only the unknown sections
+    assert [line.partition(": ")[2] for line in problems_of(path)] == [
+        f"a{i}: unknown section (the sections are watchdog, defaults, receivers, "
+        "services and agent)"
+        for i in range(5)
+    ]
+
+
+@pytest.mark.parametrize("depth", [600, 900])
+def test_collections_nested_too_deeply(tmp_path: Path, depth: int) -> None:
+    text = "watchdog:\n" + "".join(f"{'  ' * level}  k{level}:\n" for level in range(depth))
+    path = write(tmp_path / "w.yaml", text)
+    problems = problems_of(path)
+    assert len(problems) == 1
+    # the line is where the reading stopped, somewhere down the staircase
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:\d+: the collections are nested too deeply", problems[0]
+    ), problems
+    done = _check_config_bounded(path)
+    assert done.returncode == 2, done.stdout
+    assert "Traceback" not in done.stdout
+
+
+def test_a_fifo_is_not_waited_for(tmp_path: Path) -> None:
+    # Opening a FIFO for reading waits for a writer: for ever, and a reload with it.
+    fifo = tmp_path / "input"
+    os.mkfifo(fifo)
+    path = write(
+        tmp_path / "w.yaml",
+        "services:\n  - name: a\n    host: h\n    port: 7\n    check: tcp\n"
+        f"    send_file: {fifo}\n",
+    )
+    done = _check_config_bounded(path, timeout=60)
+    assert done.stdout.splitlines()[0] == (
+        f"{path}:6: services[0].send_file: cannot read {fifo}: not a regular file"
+    )
+    done = _check_config_bounded(fifo, timeout=60)
+    assert done.stdout.splitlines()[0] == f"{fifo}: cannot read the file: not a regular file"
+
+
+def test_a_device_is_not_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "receivers:\n  - name: r\n    host: h\n    version: 2c\n    community_file: /dev/zero\n",
+    )
+    # /dev/zero never ends: read, it would fill the memory
+    done = _check_config_bounded(path, timeout=60)
+    assert done.stdout.splitlines()[0] == (
+        f"{path}:5: receivers[0].community_file: cannot read /dev/zero: not a regular file"
+    )
+
+
+def test_a_path_with_a_nul_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        'watchdog:\n  state_dir: "/var/lib/a\\0b"\n'
+        "services:\n  - name: a\n    host: h\n    port: 7\n    check: tcp\n"
+        '    send_file: "in\\0put"\n',
+    )
+    assert problems_of(path) == [
+        f"{path}:2: watchdog.state_dir: expected a file or directory path, got '/var/lib/a\\x00b'",
+        f"{path}:8: services[0].send_file: expected a file or directory path, got 'in\\x00put'",
     ]
 
 

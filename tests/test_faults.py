@@ -38,7 +38,7 @@ from snmp_watchdog.snmp import Version
 from snmp_watchdog.state import Kind, State
 from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
-from tests.helpers import Daemon, SmtpServer, free_tcp_port, pending_rows
+from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port, pending_rows
 from tests.snmptrapd import Received, Snmptrapd
 
 OIDS = Oids()
@@ -272,6 +272,145 @@ def test_a_full_disk_at_run_time_loses_no_notification_and_skips_no_number(
     assert distinct(received, "TRAP2") == expected
     assert distinct(received, "INFORM") == expected
     assert len([n for n in received if n.pdu == "TRAP2"]) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_what_was_delivered_while_the_disk_was_full_is_not_sent_again_after_a_crash(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """A stored inform acknowledged while its delete cannot be written, then SIGKILL."""
+    trapd = snmptrapd(communities=["public", INFORM_COMMUNITY], port=free_udp_port(), start=False)
+    assert trapd.port is not None
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        cfg.write_text(config_text(disk.path, trapd.port, service("mail", smtp.port)))
+
+        def start() -> Daemon:
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+            daemons.append(d)
+            d.wait_for("ready")
+            return d
+
+        # Down #1 is stored while the receiver is away; then the disk fills up.
+        d = start()
+        d.wait_for(r"down #1 \(mail\) to informs not acknowledged \(attempt 1\)")
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        trapd.start()
+        d.wait_for(r"down #1 \(mail\) to informs acknowledged", start=failed, timeout=20)
+
+        # The disk has room again; the delivered inform's delete follows, then a crash.
+        filler.unlink()
+        back = d.wait_for(r"INFO the state database is writable again", start=failed)
+        d.wait_for(r"outbox of informs: 1 delivered notification\(s\) deleted", start=back)
+        d.kill()
+
+        d = start()
+        d.wait_for(r"resumed the state of 1 service")
+        first = d.wait_for(r"check mail: refused")
+        d.wait_for(r"check mail: refused", start=first + 1)
+        assert d.stop() == 0
+        assert not any("from before the restart" in ln for ln in d.lines), d.lines
+        assert not any(re.search(r"down #1 .* acknowledged", ln) for ln in d.lines), d.lines
+    finally:
+        disk.close()
+    assert distinct(trapd.notifications, "INFORM") == [(1, "down", "mail")]
+    assert len([n for n in trapd.notifications if n.pdu == "INFORM"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_a_number_used_while_the_disk_was_full_is_not_used_again_after_a_restart(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """Down #3 goes out from memory; the disk is freed, the daemon stops: Up is #4, not #3."""
+    trapd = snmptrapd(communities=["public", INFORM_COMMUNITY])
+    assert trapd.port is not None
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        cfg.write_text(config_text(disk.path, trapd.port, service("mail", smtp.port)))
+
+        def start() -> Daemon:
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+            daemons.append(d)
+            d.wait_for("ready")
+            return d
+
+        d = start()
+        d.wait_for(r"down #1 \(mail\) to informs acknowledged")
+        smtp.start()
+        d.wait_for(r"up #2 \(mail\) to informs acknowledged")
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        smtp.stop()
+        d.wait_for(r"down #3 \(mail\) to informs acknowledged", start=failed)
+        filler.unlink()
+        back = d.wait_for(r"INFO the state database is writable again", start=failed)
+        first = d.wait_for(r"check mail: refused", start=back)
+        d.wait_for(r"check mail: refused", start=first + 1)  # a flush has passed
+        assert d.stop() == 0
+
+        d = start()
+        smtp.start()
+        d.wait_for(r"up #4 \(mail\) to informs acknowledged")
+        assert d.stop() == 0
+    finally:
+        disk.close()
+    expected = [(1, "down", "mail"), (2, "up", "mail"), (3, "down", "mail"), (4, "up", "mail")]
+    assert distinct(trapd.notifications, "TRAP2") == expected
+    assert distinct(trapd.notifications, "INFORM") == expected
+
+
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_a_service_a_reload_removed_while_the_disk_was_full_is_not_closed_again_at_restart(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """The reload's Up (removed) goes out from memory; its forgetting must follow."""
+    trapd = snmptrapd(communities=["public", INFORM_COMMUNITY])
+    assert trapd.port is not None
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        both = service("mail", smtp.port) + service("web", smtp.port)
+        cfg.write_text(config_text(disk.path, trapd.port, both))
+
+        def start() -> Daemon:
+            d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+            daemons.append(d)
+            d.wait_for("ready")
+            return d
+
+        d = start()
+        d.wait_for(r"down #\d \(mail\) to informs acknowledged")
+        d.wait_for(r"down #\d \(web\) to informs acknowledged")
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        cfg.write_text(config_text(disk.path, trapd.port, service("web", smtp.port)))
+        d.signal(signal.SIGHUP)
+        d.wait_for(r"configuration reloaded", start=failed)
+        d.wait_for(r"up #3 \(mail\) to informs acknowledged", start=failed)
+        filler.unlink()
+        back = d.wait_for(r"INFO the state database is writable again", start=failed)
+        first = d.wait_for(r"check web: refused", start=back)
+        d.wait_for(r"check web: refused", start=first + 1)  # a flush has passed
+        assert d.stop() == 0
+
+        d = start()
+        first = d.wait_for(r"check web: refused")
+        d.wait_for(r"check web: refused", start=first + 1)
+        assert d.stop() == 0
+        assert not any("removed from the configuration while" in ln for ln in d.lines), d.lines
+    finally:
+        disk.close()
+    got = distinct(trapd.notifications, "INFORM")
+    assert sorted(kind for _, kind, name in got if name == "mail") == ["down", "up"], got
 
 
 # --- SIGTERM in a flood of checks ------------------------------------------------------------

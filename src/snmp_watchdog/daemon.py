@@ -228,6 +228,9 @@ class Daemon:
         # heartbeat, a reload's changes.
         self._writing = asyncio.Lock()
         self._store_failing = False
+        # Removed by a reload while the database could not be written: their saved
+        # states (and what their receivers were told) are forgotten once it can be.
+        self._unforgotten: set[str] = set()
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
         # Reloads run one at a time, in the order of their signals: the last
@@ -619,8 +622,9 @@ class Daemon:
             if not await self._queue(told, save=forget if gone else None) and gone:
                 try:  # the notifications went from memory; forget in a transaction of its own
                     await store.forget(gone)
-                except StoreError as exc:  # forgotten at the next start instead
+                except StoreError as exc:  # forgotten once the database can be written
                     self._store_failed(exc)
+                    self._unforgotten.update(gone)
             return
         for name in dict.fromkeys(e.service.name for e in told):
             await self._queue([e for e in told if e.service.name == name], fence=name)
@@ -880,7 +884,23 @@ class Daemon:
                     self._dirty = {**dirty, **self._dirty}
                 else:
                     self._store_recovered()
+            if self.notifier is not None:  # also while failing: a stop may come first
+                try:  # a number sent from memory must not be handed out again after a restart
+                    await self.notifier.store_sequence()
+                    await self._forget_unforgotten()
+                except StoreError as exc:
+                    self._store_failed(exc)
         await self.placement.flushed()
+
+    async def _forget_unforgotten(self) -> None:
+        """Forget what a reload could not (else a restart would close their Downs again)."""
+        if not self._unforgotten or self.store is None or self.config is None:
+            return
+        configured = {svc.name for svc in self.config.services}
+        gone = sorted(self._unforgotten - configured)  # not those added back since
+        if gone:
+            await self.store.forget(gone)
+        self._unforgotten.clear()
 
     def _store_failed(self, exc: StoreError) -> None:
         if not self._store_failing:
@@ -903,6 +923,8 @@ class Daemon:
     def _store_recovered(self) -> None:
         if self._store_failing:
             log.info("the state database is writable again")
+            if self.notifier is not None:
+                self.notifier.store_writable()
         self._store_failing = False
 
     async def _flush_loop(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from snmp_watchdog.config.problems import Problems
 from snmp_watchdog.config.receivers import load_agent, load_receivers
-from snmp_watchdog.config.resources import ENV_VARIABLE, Resources
+from snmp_watchdog.config.resources import ENV_VARIABLE, Resources, read_regular_file
 from snmp_watchdog.config.schema import (
     SECTIONS,
     TEXT_KEYS,
@@ -96,7 +96,7 @@ def _load(path: Path, allow_missing_expect: bool) -> Config:
 def _read(path: Path, problems: Problems) -> dict[str, Any]:
     """The file's top-level mapping; a file that cannot be read or parsed stops here."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path)
     except OSError as exc:
         raise problems.fatal(None, f"cannot read the file: {exc.strerror or exc}") from None
     try:

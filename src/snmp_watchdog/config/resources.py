@@ -7,6 +7,8 @@ Rules:
   compiled once, the host name asked once: a configuration that names the
   same one for thousands of services pays for it once. A failure is
   remembered too, and reported wherever the resource is named.
+- Only a regular file is read: a FIFO, a device or a socket could block the
+  reading (and a reload with it) for ever, or never end.
 - A secret is written inline, as ``${VAR}`` (an environment variable) or in
   ``KEY_file``; a message says "the value", "environment variable X" or "the
   file F", never the value itself.
@@ -14,10 +16,12 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 import ssl
+import stat
 from pathlib import Path
 
 from snmp_watchdog.checks._net import build_context
@@ -27,6 +31,21 @@ from snmp_watchdog.model import Secret
 
 #: ``${VARIABLE}``: a secret taken from the environment.
 ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``; OSError unless it is a regular file (without waiting for one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
 
 
 class Resources:
@@ -57,7 +76,7 @@ class Resources:
         content = self._files.get(path)
         if content is None:
             try:
-                content = path.read_bytes()
+                content = read_regular_file(path)
             except OSError as exc:
                 content = exc
             self._files[path] = content

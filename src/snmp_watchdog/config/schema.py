@@ -356,7 +356,12 @@ def parse_regexes(value: Any) -> tuple[str, ...]:
 
 
 def parse_path(value: Any) -> str:
-    return _text(value, "a file or directory path", str.strip)
+    """Text that is not blank and has no NUL (which no file name can hold)."""
+    return _text(value, "a file or directory path", _is_path)
+
+
+def _is_path(text: str) -> bool:
+    return bool(text.strip()) and "\0" not in text
 
 
 def parse_store(value: Any) -> str:

@@ -26,6 +26,11 @@ Rules:
   with its line. Other problems are collected and parsing goes on: a value
   its explicit tag cannot read (``!!int x``) is a problem, and so is a merge
   of the mapping that contains it.
+- What no configuration needs stops the reading as a syntax error would,
+  rather than exhaust the stack or the memory: collections nested deeper than
+  the interpreter can follow, and aliases that expand to more values than
+  :data:`ALIAS_VALUES` or the length of the text, whichever is more (an alias
+  of an alias of ... doubles the data at each step: a "billion laughs").
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _NUMBERISH = frozenset((_INT, _FLOAT, _BOOL))
 _RECURSIVE = "an alias refers to the collection that contains it"
+_TOO_DEEP = "the collections are nested too deeply"
+
+ALIAS_VALUES = 1_000_000
+"""The values the aliases of a document may expand to, unless its text is longer."""
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -166,7 +175,9 @@ def _read(text: str, text_keys: frozenset[str], lines: dict[Path, int] | None) -
     loader = None
     try:
         loader = _Loader(text)
-        doc.data = _Builder(loader, doc, text_keys).stream()
+        doc.data = _Builder(loader, doc, text_keys, max(ALIAS_VALUES, len(text))).stream()
+    except RecursionError:
+        raise YamlSyntaxError(_line_after(loader), _TOO_DEEP) from None
     except (yaml.YAMLError, _NotComposable) as exc:
         # Let the composer describe it, exactly as it always has. It composes
         # the whole file into nodes, which only a broken file pays for.
@@ -178,10 +189,20 @@ def _read(text: str, text_keys: frozenset[str], lines: dict[Path, int] | None) -
     return doc
 
 
+def _line_after(loader: Any) -> int | None:
+    """The line of the event the loader stopped at, if it can still say."""
+    try:
+        return int(loader.peek_event().start_mark.line) + 1
+    except Exception:  # the text is broken there too; its line is as good a guess as none
+        return None
+
+
 def _raise_syntax_error(text: str) -> None:
     """Raise the :class:`YamlSyntaxError` the composer finds in ``text``, if any."""
     try:
         yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise YamlSyntaxError(None, _TOO_DEEP) from None
     except yaml.MarkedYAMLError as exc:
         raise YamlSyntaxError(*_describe(exc)) from None
     except ReaderError as exc:  # a character YAML does not allow
@@ -266,7 +287,9 @@ class _Builder:
     composing the document and walking its nodes.
     """
 
-    def __init__(self, loader: Any, doc: Document, text_keys: frozenset[str]) -> None:
+    def __init__(
+        self, loader: Any, doc: Document, text_keys: frozenset[str], alias_values: int
+    ) -> None:
         self.loader = loader
         self.get_event = loader.get_event
         self.peek_event = loader.peek_event
@@ -275,7 +298,7 @@ class _Builder:
         self.lines = _lines_of(doc)
         self.text_keys = text_keys
         self.anchors: dict[str, _Node] = {}
-        self.walker = _Walker(doc, text_keys)
+        self.walker = _Walker(doc, text_keys, alias_values)
 
     def stream(self) -> Any:
         get_event, peek_event = self.get_event, self.peek_event
@@ -425,17 +448,32 @@ class _Builder:
 class _Walker:
     """The data of a :data:`_Node` (an alias's target or a merged mapping)."""
 
-    def __init__(self, doc: Document, text_keys: frozenset[str]) -> None:
+    def __init__(self, doc: Document, text_keys: frozenset[str], alias_values: int) -> None:
         self.doc = doc
         self.lines = _lines_of(doc)
         self.text_keys = text_keys
         self.constructor = SafeConstructor()
         self.active: set[int] = set()
+        self.left = alias_values
+        self.outermost = 1
+
+    def spend(self, node: _Node) -> None:
+        """Count one more value made from a node; too many stop the reading."""
+        if not self.active:
+            self.outermost = node.line
+        self.left -= 1
+        if self.left < 0:
+            raise YamlSyntaxError(
+                self.outermost,
+                f"the aliases expand to more than {ALIAS_VALUES:,} values "
+                "(an alias of an alias of ...); write the values out or use fewer levels",
+            )
 
     def problem(self, line: int, path: Path, message: str) -> None:
         self.doc.problems.append(YamlProblem(line, path, message))
 
     def node(self, node: _Node, path: Path, as_text: bool) -> Any:
+        self.spend(node)
         if isinstance(node, _Scalar):
             return self.scalar(node, path, as_text)
         if id(node) in self.active:

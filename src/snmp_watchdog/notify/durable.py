@@ -24,7 +24,10 @@ the caller hands notifications to ``append_volatile``: they are kept in
 memory and lost only if the process stops before they leave. Stored and
 volatile notifications leave in the order of their sequence numbers, which is
 the order they were made in, so a Down kept in memory is not overtaken by the
-Up stored after the database came back.
+Up stored after the database came back. A delivered notification whose
+delete failed then is not sent again by this process, and its delete is
+tried again (``retry_deletes``: once the database is writable again, and when
+the queue settles at a stop), so that a restart does not send it twice.
 
 Ages survive clock steps. The outbox stores when a notification was made as
 wall-clock time (``created``: ``give_up_after`` counts across restarts), but
@@ -91,6 +94,7 @@ class StoreQueue:
         self._frames: list[tuple[int, float]] = [(0, wall() - clock())]
         # Delivered, their delete not yet committed: never loaded (so never sent) again.
         self._removed: set[int] = set()
+        self._undeleted: list[int] = []  # delivered, their delete failed: to try again
         self._writes: asyncio.Task[None] | None = None  # the last of the writes in order
         self._added = asyncio.Event()
 
@@ -160,8 +164,30 @@ class StoreQueue:
         try:
             await self._store.remove(key)
         except StoreError:
-            return  # not sent again by this process; the next start sends it again
+            self._undeleted.append(key)  # not sent again by this process; tried again later
+            return
         self._removed.discard(key)
+
+    def retry_deletes(self) -> None:
+        """Try again the deletes that failed (the database may be writable again)."""
+        if self._undeleted:
+            self._later(self._retry_deletes())
+
+    async def _retry_deletes(self) -> None:
+        keys, self._undeleted = self._undeleted, []
+        for done, key in enumerate(keys):
+            try:
+                await self._store.remove(key)
+            except StoreError:
+                self._undeleted = keys[done:] + self._undeleted
+                return
+            self._removed.discard(key)
+        log.info(
+            "outbox of %s: %d delivered notification(s) deleted now that the state database "
+            "can be written",
+            self._receiver,
+            len(keys),
+        )
 
     def failed(self, item: Pending, error: str) -> None:
         if item.key:
@@ -194,7 +220,8 @@ class StoreQueue:
         self._writes = asyncio.get_running_loop().create_task(run())
 
     async def settle(self) -> None:
-        """Wait for the writes started so far."""
+        """Wait for the writes started so far (the failed deletes tried again)."""
+        self.retry_deletes()
         if self._writes is not None:
             await asyncio.shield(self._writes)
 

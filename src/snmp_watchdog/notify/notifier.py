@@ -5,8 +5,10 @@ Rules:
 * Every notification, heartbeats included, gets the next number of the
   watchdog's sequence (kept in the state database), so a receiver can see a
   gap. A number handed out while the database could not be written is kept in
-  memory and the stored sequence continues above it; a restart continues
-  after the last stored number, never below it.
+  memory and the stored sequence continues above it; once the database can
+  be written again the stored sequence is brought up to it
+  (``store_sequence``) even if nothing is numbered then, so that a restart,
+  which continues after the last stored number, does not hand it out again.
 * ``service_event`` only writes to the durable outbox (inside the caller's
   transaction, with the state that produced it) and returns; ``heartbeat``
   only queues in memory; the dispatcher's per-receiver workers deliver.
@@ -96,6 +98,7 @@ class Notifier:
         self._all = tuple(r.name for r in config.receivers)
         # The last number used, also while the store was failing (read by ``start``).
         self.last_sequence = 0
+        self._unstored = False  # a number was handed out that the store does not know
         self.sender = Sender(config.settings, config.receivers, started=started)
         self._make_queue = queue or (lambda name: StoreQueue(store, name))
         self._resume = resume
@@ -141,9 +144,21 @@ class Notifier:
     async def _sequence(self, durable: bool) -> int:
         if durable:
             self.last_sequence = await self._store.next_sequence(above=self.last_sequence)
+            self._unstored = False
         else:
             self.last_sequence += 1
+            self._unstored = True
         return self.last_sequence
+
+    async def store_sequence(self) -> None:
+        """Store the last number if it was handed out from memory only (StoreError if not)."""
+        if not self._unstored:
+            return
+        last = self.last_sequence
+        if await self._store.last_sequence() < last:
+            await self._store.next_sequence(above=last - 1)  # stores ``last`` itself
+        if self.last_sequence == last:
+            self._unstored = False
 
     async def service_event(
         self,
@@ -229,6 +244,12 @@ class Notifier:
         await self.dispatcher.reconfigure(
             config.receivers, allow_weak_crypto=config.settings.allow_weak_crypto
         )
+
+    def store_writable(self) -> None:
+        """The state database can be written again: delete what was delivered meanwhile."""
+        for queue in self._queues.values():
+            if isinstance(queue, StoreQueue):
+                queue.retry_deletes()
 
     async def close(self) -> None:
         await self.dispatcher.close()
