@@ -181,6 +181,31 @@ def test_stop_cancels_checks_in_flight() -> None:
     assert sorted(cancelled) == ["a", "b"]
 
 
+def test_checks_reuse_tasks_and_stop_leaves_no_task_behind() -> None:
+    """Checks run on long-lived tasks, no more of them than ever ran at once (not a
+    task per check); once stopped, no task of the scheduler is left, idle or busy."""
+    rec = Recorder()
+    tasks: dict[str, set[asyncio.Task[Any] | None]] = defaultdict(set)
+
+    async def check(s: Service) -> CheckResult:
+        tasks[s.name].add(asyncio.current_task())
+        if s.name == "hung":
+            await asyncio.sleep(60)
+        return await rec.check(s)
+
+    async def main() -> bool:
+        services = [svc("alone", interval=0.05), svc("hung")]
+        services += [svc(f"s{i}", interval=0.1) for i in range(5)]  # due together
+        sched = Scheduler(services, check=check, rng=random.Random(1))
+        await run_for(sched, 0.5)
+        return all(task is not None and task.done() for task in set().union(*tasks.values()))
+
+    all_done = run(main(), timeout=5.0)
+    assert sum(len(starts) for starts in rec.starts.values()) >= 20
+    assert len(set().union(*tasks.values())) <= 7  # at most all 7 services at once
+    assert all_done
+
+
 def test_a_bug_in_a_check_is_logged_and_the_service_keeps_its_state(caplog: Any) -> None:
     calls = 0
 

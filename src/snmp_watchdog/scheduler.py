@@ -3,8 +3,9 @@
 Rules:
 
 - One schedule per service, kept in a heap ordered by the monotonic time the
-  next check is due. A single dispatcher pops due services and starts their
-  checks as tasks; no service waits for another's check to finish.
+  next check is due. A single dispatcher pops due services and hands their
+  checks to worker tasks (an idle one, or a new one when all are busy); no
+  service waits for another's check to finish.
 - At most ``max_in_flight`` checks run at once. When the cap is reached the
   dispatcher waits for a free slot; due checks then start late, never twice.
 - The next check is due ``interval`` after this one started, or
@@ -96,7 +97,8 @@ class Scheduler:
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, Slot] = {}
         self._heap: list[tuple[float, int, str]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the workers
+        self._idle: list[asyncio.Future[Slot]] = []  # idle workers wait on these for a slot
         self._waiter: asyncio.Future[None] | None = None  # the idle dispatcher's sleep
         self._stopping = False
         self.progress = clock()
@@ -179,9 +181,15 @@ class Scheduler:
                         break
                     self._running += 1
                     slot.running = True
-                    task = loop.create_task(self._run_one(slot), name=f"check {name}")
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    while self._idle:
+                        ready = self._idle.pop()
+                        if not ready.done():  # (a worker cancelled from outside: gone)
+                            ready.set_result(slot)
+                            break
+                    else:
+                        task = loop.create_task(self._work(slot), name="check worker")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
                     continue
                 delay = (self._heap[0][0] - now) if self._heap else 1.0
                 # One future and one timer per sleep (not wait_for's task and timeout):
@@ -213,6 +221,23 @@ class Scheduler:
     def _wake(self) -> None:
         if self._waiter is not None:
             _release(self._waiter)
+
+    async def _work(self, slot: Slot) -> None:
+        """Check ``slot``, then each slot the dispatcher hands over, until cancelled.
+
+        A worker outlives its check and waits for the next one: a new task for
+        every check costs more event-loop work than the wait (Python 3.11
+        registers each task in a weak set). At most ``max_in_flight`` workers
+        are busy; idle ones stay for the next due checks.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._run_one(slot)
+            if self._stopping:
+                return
+            ready: asyncio.Future[Slot] = loop.create_future()
+            self._idle.append(ready)
+            slot = await ready
 
     async def _run_one(self, slot: Slot) -> None:
         svc = slot.service

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from snmp_watchdog.clocks import to_mono, to_wall
+from snmp_watchdog.clocks import to_mono
 from snmp_watchdog.exceptions import StoreError, StoreNotReady
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.state import ServiceState, State
@@ -515,9 +515,13 @@ _STATE_TEXT = {s: s.value for s in State}
 _REASON_NUMBER = {r: r.value for r in Reason}
 
 
-def _state_row(name: str, st: ServiceState, mono_now: float, wall_now: float) -> dict[str, Any]:
-    """The ``_SAVE_STATE`` parameters of one service: its name and ``encode_state``."""
-    return {"name": name, **encode_state(st, mono_now=mono_now, wall_now=wall_now)}
+def _state_row(name: str, st: ServiceState, mono_now: float, wall_now: float) -> tuple[Any, ...]:
+    """The ``_SAVE_STATE`` parameters of one service, in order: its name and ``_state_values``.
+
+    By position, not by name: the once-a-second flush binds one row per
+    checked service, and SQLite binds a dict's 17 names at about twice the cost.
+    """
+    return (name, *_state_values(st, mono_now=mono_now, wall_now=wall_now))
 
 
 # --- rows <-> values (shared by every backend) -------------------------------
@@ -550,7 +554,7 @@ _OUTBOX_COLUMNS = "id, receiver, payload, created, sequence, attempts, last_erro
 _SELECT_STATES = f"SELECT name, {', '.join(_STATE_COLUMNS)} FROM service ORDER BY name"  # noqa: S608
 _SAVE_STATE = f"""
     INSERT INTO service (name, {", ".join(_STATE_COLUMNS)})
-    VALUES (:name, {", ".join(f":{c}" for c in _STATE_COLUMNS)})
+    VALUES (?, {", ".join("?" for _ in _STATE_COLUMNS)})
     ON CONFLICT (name) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _STATE_COLUMNS)}
 """  # noqa: S608
@@ -567,29 +571,31 @@ class Named(Protocol):
 
 def encode_state(st: ServiceState, *, mono_now: float, wall_now: float) -> dict[str, Any]:
     """The column values (``_STATE_COLUMNS``) of a state, times on the wall clock."""
+    values = _state_values(st, mono_now=mono_now, wall_now=wall_now)
+    return dict(zip(_STATE_COLUMNS, values, strict=True))
 
-    def wall(t: float | None) -> float | None:
-        return None if t is None else to_wall(t, mono_now=mono_now, wall_now=wall_now)
 
-    changes = [to_wall(t, mono_now=mono_now, wall_now=wall_now) for t in st.changes]
-    return {
-        "state": _STATE_TEXT[st.state],
-        "since": wall(st.since),
-        "failures": st.failures,
-        "successes": st.successes,
-        "changes": json.dumps(changes) if changes else "[]",
-        "flapping": int(st.flapping),
-        "flapping_since": wall(st.flapping_since),
-        "notified": _STATE_TEXT[st.notified],
-        "notified_at": wall(st.notified_at),
-        "last_check": wall(st.last_check),
-        "last_reason": None if st.last_reason is None else _REASON_NUMBER[st.last_reason],
-        "last_detail": st.last_detail,
-        "last_elapsed": st.last_elapsed,
-        "checks": st.checks,
-        "failed_checks": st.failed_checks,
-        "previous": _STATE_TEXT[st.previous],
-    }
+def _state_values(st: ServiceState, *, mono_now: float, wall_now: float) -> tuple[Any, ...]:
+    """``encode_state``'s values in the order of ``_STATE_COLUMNS``."""
+    m, w = mono_now, wall_now  # to_wall, inline (same arithmetic): this runs for every row flushed
+    return (
+        _STATE_TEXT[st.state],
+        None if st.since is None else st.since - m + w,
+        st.failures,
+        st.successes,
+        json.dumps([t - m + w for t in st.changes]) if st.changes else "[]",
+        int(st.flapping),
+        None if st.flapping_since is None else st.flapping_since - m + w,
+        _STATE_TEXT[st.notified],
+        None if st.notified_at is None else st.notified_at - m + w,
+        None if st.last_check is None else st.last_check - m + w,
+        None if st.last_reason is None else _REASON_NUMBER[st.last_reason],
+        st.last_detail,
+        st.last_elapsed,
+        st.checks,
+        st.failed_checks,
+        _STATE_TEXT[st.previous],
+    )
 
 
 def decode_state(row: Named, *, mono_now: float, wall_now: float) -> ServiceState:
