@@ -165,7 +165,11 @@ async def measure(
         return await run_check(svc)
 
     def on_result(
-        svc: model.Service, st: state.ServiceState, result: CheckResult, _notes: Any
+        svc: model.Service,
+        _before: state.ServiceState,
+        st: state.ServiceState,
+        result: CheckResult,
+        _notes: Any,
     ) -> None:
         snapshot.result(svc, st, result)
 

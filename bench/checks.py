@@ -133,7 +133,7 @@ async def watchdog_round(services: list[Any], max_in_flight: int) -> int:
     done = asyncio.Event()
     target = len(services)
 
-    def on_result(svc: Any, st: Any, result: Any, notes: Any) -> None:
+    def on_result(svc: Any, before: Any, st: Any, result: Any, notes: Any) -> None:
         if sched.checks_done >= target:
             done.set()
 

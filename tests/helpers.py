@@ -49,6 +49,19 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def checks_after(d: Daemon, pattern: str, count: int, start: int = 0) -> int:
+    """Wait for ``count`` lines matching ``pattern`` from ``start`` on; the index of the last."""
+    index = start - 1
+    for _ in range(count):
+        index = d.wait_for(pattern, timeout=5, start=index + 1)
+    return index
+
+
+def count_lines(lines: list[str], pattern: str) -> int:
+    """How many of ``lines`` match ``pattern`` (``re.search``)."""
+    return sum(1 for line in lines if re.search(pattern, line))
+
+
 class Daemon:
     """``watchdog run`` in a subprocess, its stderr collected line by line."""
 

@@ -26,6 +26,8 @@ from snmp_watchdog.store import Store
 from tests.helpers import (
     Daemon,
     SmtpServer,
+    checks_after,
+    count_lines,
     free_tcp_port,
     free_udp_port,
     pending_rows,
@@ -146,14 +148,6 @@ def start(daemons: list[Daemon], cfg: Path) -> Daemon:
     daemons.append(d)
     d.wait_for("ready")
     return d
-
-
-def checks_after(d: Daemon, pattern: str, count: int, start: int = 0) -> int:
-    """Wait for ``count`` lines matching ``pattern`` from ``start`` on; the index of the last."""
-    index = start - 1
-    for _ in range(count):
-        index = d.wait_for(pattern, timeout=5, start=index + 1)
-    return index
 
 
 def test_a_corrupt_database_stops_the_start_with_the_way_out_and_sends_nothing(
@@ -334,3 +328,35 @@ def test_sequence_numbers_never_repeat_across_a_restart_after_heartbeats(
     assert sequences == sorted(sequences), numbers
     assert numbers[:2] == [(1, "heartbeat"), (2, "heartbeat")]
     assert [k for _, k in numbers].count("down") == 1, numbers
+
+
+def test_a_check_towards_a_change_is_saved_at_once_and_repeats_of_the_state_by_the_stop(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """Checks that only repeat the confirmed state are saved less promptly (within 10 s).
+
+    The stop writes what is left of them: every check is counted. A failed
+    check of an up service counts towards Down: it is in the database within
+    the second, so a restart after a crash goes on counting from it.
+    """
+    trapd = snmptrapd()
+    cfg = write_config(tmp_path, smtp.port, receivers_yaml(trapd.port or 0), fall=30)
+    state_dir = tmp_path / "state"
+    smtp.start()
+    d = start(daemons, cfg)
+    wait_stored(state_dir, "mail", State.UP)  # a confirmation: saved within the second
+    checks_after(d, r"check mail: ok", 10)
+    assert d.stop() == 0
+    st = stored_states(state_dir)["mail"]
+    assert st.checks == count_lines(d.lines, r"check mail: ok") >= 10
+
+    d = start(daemons, cfg)
+    smtp.stop()
+    d.wait_for(r"check mail: refused")
+    deadline = time.monotonic() + 2.5
+    while (st := stored_states(state_dir)["mail"]).failures == 0:
+        assert time.monotonic() < deadline, "a failed check of an up service was not saved"
+        time.sleep(0.05)
+    d.kill()
+    assert st.state is State.UP
+    assert st.failures == st.failed_checks <= count_lines(d.lines, r"check mail: refused") < 30

@@ -61,6 +61,7 @@ class Recorder:
     def result(
         self,
         s: Service,
+        before: state.ServiceState,
         st: state.ServiceState,
         result: CheckResult,
         notes: tuple[state.Notification, ...],
@@ -377,6 +378,7 @@ def test_the_result_of_a_check_whose_service_a_reload_removed_or_changed_is_drop
 
         def result(
             s: Service,
+            before: state.ServiceState,
             st: state.ServiceState,
             result: CheckResult,
             notes: tuple[state.Notification, ...],

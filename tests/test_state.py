@@ -31,6 +31,7 @@ from snmp_watchdog.state import (
     State,
     StateMachineError,
     confirming,
+    settled,
     step,
 )
 
@@ -620,6 +621,81 @@ def test_a_check_changes_only_what_it_counts() -> None:
     for f in dataclasses.fields(ServiceState):
         expected = counted.get(f.name, getattr(current, f.name))
         assert getattr(new, f.name) == expected, f.name
+
+
+@pytest.mark.parametrize(
+    ("start", "text", "policy", "expected"),
+    [
+        pytest.param(up(), "+10", P, True, id="up-again"),
+        pytest.param(down(), "-10", P, True, id="down-again"),
+        pytest.param(down(), "-10", REMIND, True, id="down-again-before-a-reminder"),
+        pytest.param(FRESH, "+10", P, False, id="unknown"),
+        pytest.param(up(), "-10", P, False, id="confirming-down"),
+        pytest.param(down(), "+10", P, False, id="confirming-up"),
+        pytest.param(FRESH, "+0 +10", P, False, id="just-confirmed-silently"),
+        pytest.param(up(), "-10 -20 -30", P, False, id="just-confirmed-and-told"),
+        pytest.param(down(), "-100", REMIND, False, id="a-reminder"),
+        pytest.param(FRESH, "+10 -20 +30", FAST, False, id="started-flapping"),
+        pytest.param(ServiceState(state=U, notified=U, successes=1), "+10", P, True, id="no-since"),
+    ],
+)
+def test_settled(start: ServiceState, text: str, policy: Policy, expected: bool) -> None:
+    """True only for a check that repeats a confirmed state and tells nobody anything."""
+    st = start
+    for good, at in checks(text):
+        st, _ = step(st, result(good, at), policy, at)
+    assert settled(st) is expected
+
+
+def _future(st: ServiceState, plan: list[tuple[bool, float]], policy: Policy) -> list[Any]:
+    """What the checks of ``plan`` notify from ``st``, and the states they confirm."""
+    seen: list[Any] = []
+    for good, now in plan:
+        st, notes = step(st, result(good, now), policy, now)
+        seen.append((st.state, st.notified, st.flapping))
+        seen.extend(replace(n, count=0) for n in notes)
+    return seen
+
+
+def test_forgetting_settled_checks_changes_nothing_that_follows() -> None:
+    """A settled state followed by settled checks goes on as the state after them.
+
+    The daemon saves a state promptly unless it and the state before it are
+    both settled; what it saves later can be lost in a crash. Continuing from
+    the last state saved promptly must confirm the same states and send the
+    same notifications, counts (runs of checks) aside.
+    """
+    forks = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        policy = Policy(
+            fall=rng.randint(1, 3),
+            rise=rng.randint(1, 3),
+            flap_changes=rng.choice([0, 3]),
+            flap_window=rng.choice([30.0, 200.0]),
+            remind_every=rng.choice([0.0, 50.0]),
+        )
+        plan, now, good = [], 0.0, True
+        for _ in range(160):
+            if rng.random() < 0.15:
+                good = not good
+            now += rng.choice([1.0, 5.0, 10.0, 40.0])
+            plan.append((good, now))
+        states = [FRESH]
+        for good, at in plan:
+            states.append(step(states[-1], result(good, at), policy, at)[0])
+        saved = 0  # the last state saved promptly
+        for k in range(1, len(states)):
+            if not (settled(states[k - 1]) and settled(states[k])):
+                saved = k
+                continue
+            future = plan[k : k + 40]
+            assert _future(states[saved], future, policy) == _future(states[k], future, policy), (
+                seed,
+                k,
+            )
+            forks += 1
+    assert forks > 1000
 
 
 def test_the_state_machine_needs_neither_the_config_nor_its_model() -> None:

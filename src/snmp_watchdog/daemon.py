@@ -17,12 +17,19 @@ transaction before anything is sent; the results of one turn of the event
 loop share that transaction (one fsync for a burst of changes, not one per
 change; a cluster node commits each service's change in a transaction fenced
 on its epoch), committed from a task as soon as the turn's other callbacks
-have run. Other results are saved in batches once a second. Every write goes
+have run. Other results are saved in batches once a second, except that a
+settled state following a settled one (``state.settled``: the check only
+repeated the confirmed state, and changed its last-check fields and counters)
+waits up to ``SETTLED_FLUSH_EVERY``: at 2,000 checks a second the row writes
+of such states were the daemon's largest cost beyond the checks themselves
+(bench/README.md). Every write goes
 through the async ``StateStore`` interface, one at a time in the order asked
 (a turn's commit, a flush, a heartbeat, a reload's changes): with SQLite the
 calls never suspend, with PostgreSQL they do, and the order holds either way.
 A crash therefore never loses a notification and never repeats one for a
-state that did not change; the worst case is a lost second of counters.
+state that did not change; the worst case is a lost second of a change being
+confirmed, and ten seconds of last checks and counters of confirmed states
+(what follows goes on the same: see ``state.settled``).
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ RESOLVER_THREADS = 32
 
 #: How often states that produced no notification are written to the database.
 FLUSH_EVERY = 1.0
+
+#: How often a settled state that follows a settled one is written (``state.settled``).
+SETTLED_FLUSH_EVERY = 10.0
 
 #: The longest pause between two passes of a healthy scheduler with nothing due
 #: (``Scheduler.run`` sleeps at most a second at a time).
@@ -219,7 +229,11 @@ class Daemon:
         self.status_files: StatusFiles | None = None
         self.agent: AgentRunner | None = None
         self.indexes: dict[str, int] = {}
+        # States without a notification not saved yet; those named in ``_urgent``
+        # go at the next flush, the others (settled) within SETTLED_FLUSH_EVERY.
         self._dirty: dict[str, state.ServiceState] = {}
+        self._urgent: set[str] = set()
+        self._settled_flush_at = 0.0  # monotonic
         # Results with notifications not yet committed (see ``_commit_changes``).
         self._changes: list[tuple[Service, state.ServiceState, list[_Event]]] = []
         self._turn: asyncio.Task[None] | None = None  # commits this turn's changes
@@ -335,7 +349,7 @@ class Daemon:
         await asyncio.gather(*tasks, *self._reloads, return_exceptions=True)
         if self.agent is not None:
             self.agent.close()
-        await self._flush()
+        await self._flush(everything=True)
         await asyncio.gather(*self._turns, return_exceptions=True)
         await self.placement.stop()
         pending = self.notifier.dispatcher.pending()
@@ -733,6 +747,7 @@ class Daemon:
     def _on_result(
         self,
         svc: Service,
+        before: state.ServiceState,
         st: state.ServiceState,
         result: CheckResult,
         notes: tuple[state.Notification, ...],
@@ -759,6 +774,8 @@ class Daemon:
             self._persist_and_notify(svc, st, notes)
         else:
             self._dirty[svc.name] = st
+            if not (state.settled(st) and state.settled(before)):
+                self._urgent.add(svc.name)
         if self.status_files is not None:
             self.status_files.update(svc.name, st)
 
@@ -825,6 +842,7 @@ class Daemon:
                 for svc, st, _ in group:
                     # Saved at the next flush, unless a later result of the turn is there already.
                     self._dirty.setdefault(svc.name, st)
+                    self._urgent.add(svc.name)
 
     async def _queue(
         self,
@@ -870,18 +888,31 @@ class Daemon:
         self._store_recovered()
         return True
 
-    async def _flush(self) -> None:
-        """Save the states that changed without a notification, in one transaction."""
+    async def _flush(self, *, everything: bool = False) -> None:
+        """Save the states that changed without a notification, in one transaction.
+
+        Those waiting for the next flush; with ``everything``, or once every
+        ``SETTLED_FLUSH_EVERY``, the settled ones too.
+        """
         assert self.placement is not None
         async with self._writing:
             await self._commit_pending()  # first: a state saved later must not be overwritten
             if self._dirty and self.store is not None:
-                dirty, self._dirty = self._dirty, {}
+                now = time.monotonic()
+                if everything or now >= self._settled_flush_at:
+                    batch, self._dirty = self._dirty, {}
+                    self._settled_flush_at = now + SETTLED_FLUSH_EVERY
+                else:
+                    dirty = self._dirty
+                    batch = {name: dirty.pop(name) for name in self._urgent if name in dirty}
+                self._urgent.clear()  # before the write: results during it mark their own
                 try:
-                    await self.placement.save_states(dirty)
+                    if batch:
+                        await self.placement.save_states(batch)
                 except StoreError as exc:
                     self._store_failed(exc)
-                    self._dirty = {**dirty, **self._dirty}
+                    self._dirty = {**batch, **self._dirty}
+                    self._urgent.update(batch)
                 else:
                     self._store_recovered()
             if self.notifier is not None:  # also while failing: a stop may come first

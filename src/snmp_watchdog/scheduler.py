@@ -14,7 +14,7 @@ Rules:
   first check of each service is spread over ``jitter`` of its interval, so that
   services do not line up on the same second.
 - Every check result goes through the pure state machine; ``on_result`` gets
-  the result, the new state and its notifications (a persistent caller saves
+  the result, the states before and after it and its notifications (a persistent caller saves
   them together). The scheduler itself decides nothing about up and down. A
   check that raises ``LocalProblem`` has no verdict: the state stays as it was.
   The result of a check whose service a reload removed or redefined while it
@@ -40,8 +40,17 @@ from snmp_watchdog.model import Service
 from snmp_watchdog.result import CheckResult
 
 CheckFn = Callable[[Service], Awaitable[CheckResult]]
+#: ``on_result(service, before, after, result, notifications)``: the state before
+#: and after the check's step.
 ResultFn = Callable[
-    [Service, "state.ServiceState", CheckResult, tuple[state.Notification, ...]], None
+    [
+        Service,
+        "state.ServiceState",
+        "state.ServiceState",
+        CheckResult,
+        tuple[state.Notification, ...],
+    ],
+    None,
 ]
 
 log = logging.getLogger("snmp_watchdog")
@@ -268,10 +277,11 @@ class Scheduler:
             # Removed or replaced by a reload while the check ran.
             log.debug("check %s: result of the previous configuration ignored", svc.name)
             return
-        new_state, notes = state.step(slot.state, result, slot.policy, now)
+        before = slot.state
+        new_state, notes = state.step(before, result, slot.policy, now)
         slot.state = new_state
         if self._on_result is not None:
-            self._on_result(svc, new_state, result, notes)
+            self._on_result(svc, before, new_state, result, notes)
         base = svc.retry_interval if state.confirming(new_state) else svc.interval
         spread = svc.jitter / 2.0
         delay = base * self._rng.uniform(1.0 - spread, 1.0 + spread)

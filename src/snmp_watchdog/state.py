@@ -203,6 +203,26 @@ def confirming(st: ServiceState) -> bool:
     return (st.failures if st.state is State.UP else st.successes) > 0
 
 
+def settled(st: ServiceState) -> bool:
+    """True when the check that gave ``st`` only repeated what was confirmed before it.
+
+    Nothing is being confirmed, and that check neither confirmed a state nor
+    told receivers anything nor started flapping. From a settled state, more
+    checks that leave it settled change the last check's time, reason and
+    detail and the counters, and nothing the machine does next (only the
+    ``count`` of a later reminder): a caller may save a settled state that
+    follows a settled one less promptly than any other, and continuing from
+    the earlier one after a crash confirms and notifies the same.
+    """
+    at = st.last_check
+    return (
+        st.state is not State.UNKNOWN
+        and not confirming(st)
+        and at is not None
+        and at not in (st.since, st.notified_at, st.flapping_since)
+    )
+
+
 def step(
     current: ServiceState, result: CheckResult, policy: Policy, now: float
 ) -> tuple[ServiceState, tuple[Notification, ...]]:

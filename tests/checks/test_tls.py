@@ -521,7 +521,7 @@ def test_without_a_verdict_the_service_keeps_its_state(
             sched = Scheduler(
                 [svc],
                 check=run_check,
-                on_result=lambda _svc, _state, result, _notes: results.append(result),
+                on_result=lambda _svc, _before, _state, result, _notes: results.append(result),
             )
             task = asyncio.create_task(sched.run())
             await asyncio.sleep(0.4)
