@@ -4,11 +4,12 @@ send_file/expect_file, every way a server can fail, and many checks at once."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 
 from snmp_watchdog.checks import run_check
-from snmp_watchdog.checks._format import format_conversation
+from snmp_watchdog.checks._format import _ESCAPES, format_conversation, printable
 from snmp_watchdog.model import MAX_READ, Service, Step
 from snmp_watchdog.reasons import Reason
 from snmp_watchdog.result import CheckResult, Transcript
@@ -337,6 +338,18 @@ def test_format_escapes_control_bytes_and_splits_lines() -> None:
         "   16.0 ms  <- login: ",
         "down: timeout: no answer matching /^250/ within 5s (5001.2 ms)",
     ]
+
+
+def test_printable_text_is_shown_as_it_is_and_anything_else_escaped() -> None:
+    """The shortcut for printable ASCII gives what the escaping gives, for any bytes."""
+    rng = random.Random(7)
+    samples = [b"", b"220 mail.example ESMTP", bytes(range(256)), "é ü €".encode()]
+    samples += [rng.randbytes(rng.randint(0, 12)) for _ in range(3000)]
+    samples += [bytes(rng.choice(b" ~Az\x7f\x1f\xc3\xa9") for _ in range(8)) for _ in range(3000)]
+    for data in samples:
+        slow = data.decode("utf-8", "backslashreplace").translate(_ESCAPES)
+        assert printable(data) == slow, data
+    assert printable(b"a\tb\x7f") == r"a\tb\x7f"
 
 
 def test_format_indents_a_diff_under_the_verdict() -> None:
