@@ -8,6 +8,8 @@ Rules:
   service waits for another's check to finish.
 - At most ``max_in_flight`` checks run at once. When the cap is reached the
   dispatcher waits for a free slot; due checks then start late, never twice.
+- The dispatcher starts what is due in passes at least ``MIN_SLEEP`` (5 ms)
+  apart: a check starts up to that much after it is due.
 - The next check is due ``interval`` after this one started, or
   ``retry_interval`` while the state machine is confirming a change. Each delay
   is spread by ``jitter`` (a fraction: 10% means +/-5% around the delay), and the
@@ -55,11 +57,14 @@ ResultFn = Callable[
 
 log = logging.getLogger("snmp_watchdog")
 
-#: The shortest sleep of the dispatcher. uvloop's timers count whole
-#: milliseconds: a shorter one fires at the next turn of the loop, before the
-#: check is due, and the dispatcher would spin until it is (a fifth or more of
-#: the daemon's CPU at 2,000 checks/s). A due check starts at most this much late.
-MIN_SLEEP = 0.001
+#: The shortest sleep of the dispatcher: due checks start in passes at least
+#: this far apart, so a check starts up to this much after it is due. Each pass
+#: wakes the event loop, and a wake-up costs more than the Python code of a
+#: check: at 2,000 checks/s, passes 1 ms apart (a check or two each) took a
+#: fifth of the daemon's CPU more than passes 5 ms apart (bench/README.md).
+#: Shorter than 1 ms, uvloop's timers (whole milliseconds) would fire before
+#: the check is due and the dispatcher would spin until it is.
+MIN_SLEEP = 0.005
 
 
 def policy_for(service: Service) -> state.Policy:
@@ -103,12 +108,15 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._max_in_flight = max_in_flight
         self._running = 0
-        self._slot_freed = asyncio.Event()
         self._slots: dict[str, Slot] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # the workers
         self._idle: list[asyncio.Future[Slot]] = []  # idle workers wait on these for a slot
-        self._waiter: asyncio.Future[None] | None = None  # the idle dispatcher's sleep
+        self._loop: asyncio.AbstractEventLoop | None = None  # while ``run`` runs
+        self._ended: asyncio.Future[None] | None = None  # ``run`` waits on it until ``stop``
+        # The dispatcher's next pass (a timer, or a callback at the next turn).
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._parked = False  # due checks wait for one in flight to end (the cap)
         self._stopping = False
         self.progress = clock()
         self.checks_done = 0
@@ -134,7 +142,7 @@ class Scheduler:
         the count is below it; a higher one frees the dispatcher at once.
         """
         self._max_in_flight = limit
-        self._slot_freed.set()
+        self._slot_freed()
 
     def states(self) -> dict[str, state.ServiceState]:
         return {name: slot.state for name, slot in self._slots.items()}
@@ -172,64 +180,91 @@ class Scheduler:
         return added, changed, removed
 
     async def run(self) -> None:
-        """Dispatch checks until ``stop()``; then cancel what is in flight."""
+        """Dispatch checks until ``stop()``; then cancel what is in flight.
+
+        The dispatcher is a loop callback, not a task: it starts the checks
+        that are due and sets one timer for the next due time (a task that
+        slept would cost a future, a timer and a task switch per due time, up
+        to a thousand a second). At the cap it sets none: the end of a check
+        calls it again.
+        """
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._ended = ended = loop.create_future()
+        if self._stopping:  # stopped before it ran
+            ended.set_result(None)
+        else:
+            self._dispatch()
         try:
-            while not self._stopping:
-                now = self._clock()
-                self.progress = now
-                if self._heap and self._heap[0][0] <= now:
-                    _, gen, name = heapq.heappop(self._heap)
-                    slot = self._slots.get(name)
-                    if slot is None or slot.generation != gen or slot.running:
-                        continue
-                    while self._running >= self._max_in_flight and not self._stopping:
-                        self._slot_freed.clear()
-                        await self._slot_freed.wait()
-                    if self._stopping:
-                        break
-                    self._running += 1
-                    slot.running = True
-                    while self._idle:
-                        ready = self._idle.pop()
-                        if not ready.done():  # (a worker cancelled from outside: gone)
-                            ready.set_result(slot)
-                            break
-                    else:
-                        task = loop.create_task(self._work(slot), name="check worker")
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
-                    continue
-                delay = (self._heap[0][0] - now) if self._heap else 1.0
-                # One future and one timer per sleep (not wait_for's task and timeout):
-                # the dispatcher sleeps once per due time, so this is on the hot path.
-                self._waiter = waiter = loop.create_future()
-                timer = loop.call_later(min(max(delay, MIN_SLEEP), 1.0), _release, waiter)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
-                    self._waiter = None
+            await ended
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._loop = None
             await self._cancel_all()
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake()
-        self._slot_freed.set()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     # -- internals ---------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Start the checks that are due, then wait for the next (a loop callback)."""
+        self._timer = None
+        if self._stopping or self._loop is None:
+            return
+        try:
+            self._dispatch_due(self._loop)
+        except BaseException as exc:  # not a check's: the scheduler cannot go on
+            if self._ended is not None and not self._ended.done():
+                self._ended.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _dispatch_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        heap, slots = self._heap, self._slots
+        now = self._clock()
+        while heap and heap[0][0] <= now:
+            if self._running >= self._max_in_flight:
+                self._parked = True  # until a check ends or the cap is raised
+                return
+            _, gen, name = heapq.heappop(heap)
+            slot = slots.get(name)
+            if slot is None or slot.generation != gen or slot.running:
+                continue
+            self._running += 1
+            slot.running = True
+            while self._idle:
+                ready = self._idle.pop()
+                if not ready.done():  # (a worker cancelled from outside: gone)
+                    ready.set_result(slot)
+                    break
+            else:
+                task = loop.create_task(self._work(slot), name="check worker")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        self.progress = now
+        self._parked = False
+        delay = (heap[0][0] - now) if heap else 1.0
+        self._timer = loop.call_later(min(max(delay, MIN_SLEEP), 1.0), self._dispatch)
 
     def _push(self, slot: Slot, due: float) -> None:
         slot.due = due
         entry = (due, slot.generation, slot.service.name)
         heapq.heappush(self._heap, entry)
-        if self._heap[0] is entry:
-            self._wake()  # due before whatever the dispatcher sleeps towards
+        if self._heap[0] is entry and self._timer is not None:
+            # Due before whatever the timer waits for: dispatch at the next turn.
+            self._timer.cancel()
+            self._timer = self._loop.call_soon(self._dispatch) if self._loop else None
 
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            _release(self._waiter)
+    def _slot_freed(self) -> None:
+        """A check ended or the cap was raised: a parked dispatcher goes on."""
+        if self._parked and self._loop is not None:
+            self._parked = False
+            self._timer = self._loop.call_soon(self._dispatch)
 
     async def _work(self, slot: Slot) -> None:
         """Check ``slot``, then each slot the dispatcher hands over, until cancelled.
@@ -268,8 +303,8 @@ class Scheduler:
             return
         finally:
             self._running -= 1
-            self._slot_freed.set()
             slot.running = False
+            self._slot_freed()
         now = self._clock()
         self.progress = now
         self.checks_done += 1
@@ -293,11 +328,6 @@ class Scheduler:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _shared(policies: dict[state.Policy, state.Policy], policy: state.Policy) -> state.Policy:
