@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from snmp_watchdog import cluster
 from snmp_watchdog.cluster import Fenced, Ownership
+from snmp_watchdog.cluster_daemon import ClusterQueue
+from snmp_watchdog.notify.message import Message, encode
 from snmp_watchdog.state import ServiceState, State
 from snmp_watchdog.store_pg import PgStore
 from tests.helpers import run_bounded
@@ -239,5 +242,55 @@ def test_a_receivers_queue_is_claimed_by_one_live_node_at_a_time(pg_url: str) ->
         await a.renew_lease("a", 30)
         await a.release_deliveries("a")  # a node starting afresh: b's claim stays
         assert await b.claim_delivery(receiver, key, "b", 4) is True
+
+    with_nodes(pg_url, body)
+
+
+def test_a_sent_row_whose_deletion_fails_is_not_sent_again_and_deleted_later(
+    pg_url: str,
+) -> None:
+    """While the database refuses the delete, the row is not read again and the queue is kept."""
+    key = "@r"
+    receiver = key[1:]
+
+    def message(sequence: int) -> Message:
+        return Message(
+            notification=(1, 3, 6, 1), varbinds=(), kind="test", sequence=sequence, service=None
+        )
+
+    async def sql(statement: str) -> None:
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await conn.execute(statement)
+
+    async def body(a: PgStore, b: PgStore) -> None:
+        await a.renew_lease("a", 30)
+        epoch = (await a.rebalance([key]))[key].epoch
+        queue = ClusterQueue(a, receiver, node="a", epoch=lambda: epoch)
+        for n in (1, 2):
+            await a.enqueue(receiver, encode(message(n)), created=WALL, sequence=n)
+        first = await queue.head()
+        assert first.message.sequence == 1
+        await sql(  # as a lock timeout would
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'row locked' USING ERRCODE = 'lock_not_available'; END $$"
+        )
+        await sql(
+            "CREATE TRIGGER refuse BEFORE DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+        try:
+            await queue.delete(first)  # sent: its row must go
+            queue.remove(first)
+            queue.reset()  # read afresh, as after a change of ownership
+            assert (await queue.head()).message.sequence == 2
+            assert [r.sequence for r in await a.pending(receiver, 10)] == [1, 2]
+            release = queue.release()
+            assert release is not None
+            await asyncio.sleep(1.0)
+            assert not release.done()  # the next owner would send it again
+        finally:
+            await sql("DROP TRIGGER refuse ON outbox")
+            await sql("DROP FUNCTION refuse")
+        await asyncio.wait_for(release, 15)
+        assert [r.sequence for r in await a.pending(receiver, 10)] == [2]
 
     with_nodes(pg_url, body)

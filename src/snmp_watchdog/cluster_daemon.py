@@ -86,6 +86,10 @@ POLL = 0.2
 #: The name under which one node at a time owns the heartbeat.
 HEARTBEAT = "@heartbeat"
 
+#: The first and the longest wait before deleting again an outbox row whose deletion failed.
+RETRY_DELETE_FIRST = 0.5
+RETRY_DELETE_MAX = 10.0
+
 
 def receiver_key(name: str) -> str:
     """A receiver's name in the rendezvous (service names cannot contain '@')."""
@@ -130,6 +134,10 @@ class ClusterQueue:
         self._added = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._deleted: set[int] = set()
+        # Rows sent or given up whose deletion failed: deleted again until it works,
+        # and never loaded again meanwhile (this node would send them twice).
+        self._undeleted: set[int] = set()
+        self._retries: set[asyncio.Task[None]] = set()  # deleting those
 
     def reset(self) -> None:
         """Forget what was loaded (ownership changed): read the outbox afresh."""
@@ -211,6 +219,8 @@ class ClusterQueue:
 
     async def _release(self, epoch: int) -> None:
         await self.settle()
+        if self._retries:  # rows that left: the next owner would send them again
+            await asyncio.gather(*self._retries, return_exceptions=True)
         failing = False
         while True:
             try:
@@ -232,11 +242,13 @@ class ClusterQueue:
         mono, wall = time.monotonic(), time.time()
         for row in rows:
             self._last_loaded = row.id
+            if row.id in self._undeleted:
+                continue
             try:
                 message = decode(row.payload)
             except ValueError as exc:
                 log.error("stored notification %d is unreadable and dropped: %s", row.id, exc)
-                self._later(self._store.remove(row.id))
+                self._drop(row.id)
                 continue
             submitted = to_mono(row.created, mono_now=mono, wall_now=wall)
             self._items.append(Pending(self._receiver, message, submitted, row.id))
@@ -252,8 +264,13 @@ class ClusterQueue:
         try:
             await self._store.remove(item.key)
         except StoreError as exc:
-            log.warning("outbox of %s: %s", self._receiver, exc)
-            self._later(self._store.remove(item.key))
+            log.warning(
+                "outbox of %s: %s; its row of notification #%d is deleted again until it goes",
+                self._receiver,
+                exc,
+                item.message.sequence,
+            )
+            self._drop(item.key, retry_after=RETRY_DELETE_FIRST)
         self._deleted.add(item.key)
 
     def remove(self, item: Pending) -> None:
@@ -262,7 +279,37 @@ class ClusterQueue:
         if item.key in self._deleted:
             self._deleted.discard(item.key)
         else:
-            self._later(self._store.remove(item.key))
+            self._drop(item.key)
+
+    def _drop(self, key: int, *, retry_after: float = 0.0) -> None:
+        """Delete row ``key`` in the background, again and again until it is gone.
+
+        Until then it is not loaded again, and the delivery of the queue is
+        not released (the release waits for it): while this node lives,
+        nobody sends it again. Only a node that stops or loses its lease
+        meanwhile leaves it to be sent twice (a stop does not wait for it
+        longer than the lease).
+        """
+        self._undeleted.add(key)
+        task = asyncio.get_running_loop().create_task(self._delete_until_done(key, retry_after))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _delete_until_done(self, key: int, delay: float) -> None:
+        failing = False
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                await self._store.remove(key)
+            except StoreError as exc:
+                if not failing:
+                    log.debug("outbox of %s: %s; deleting %d again", self._receiver, exc, key)
+                failing = True
+                delay = min(max(delay * 2, RETRY_DELETE_FIRST), RETRY_DELETE_MAX)
+                continue
+            self._undeleted.discard(key)
+            return
 
     def failed(self, item: Pending, error: str) -> None:
         self._later(self._store.mark_attempt(item.key, error))
