@@ -254,6 +254,10 @@ def test_three_nodes_fail_over_and_every_change_arrives_once(
     assert nodes_seen[victim]["services"] == 0
     owners_seen = {s["owner"] for s in data["services"]}
     assert victim not in owners_seen
+    # Each receiver's queue is delivered by the live node that owns it now.
+    for r in data["receivers"]:
+        assert r["delivered_by"] in {n for n, seen in nodes_seen.items() if seen["live"]}, r
+        assert r["name"] in nodes_seen[r["delivered_by"]]["receivers"], r
     assert {s["state"] for s in data["services"] if s["name"] in went_down - came_up} == {"down"}
     text = subprocess.run(
         [sys.executable, "-m", "snmp_watchdog", "-c", str(cfg), "status"],
@@ -265,6 +269,8 @@ def test_three_nodes_fail_over_and_every_change_arrives_once(
     ).stdout
     assert f"node {victim}: lease expired" in text
     assert f"this is node {survivor}" in text
+    for r in data["receivers"]:
+        assert f"not yet delivered, by node {r['delivered_by']}" in text
     assert PASSWORD not in proc.stdout + proc.stderr + text
     for listener in listeners:
         listener.stop()

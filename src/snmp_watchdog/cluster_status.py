@@ -19,6 +19,7 @@ class Shared:
     pending: dict[str, int]
     nodes: list[NodeLease]
     owners: dict[str, Ownership]
+    deliverers: dict[str, str]  # receiver -> the live node delivering its queue
 
 
 def read(settings: model.Settings) -> Shared:
@@ -30,7 +31,7 @@ def read(settings: model.Settings) -> Shared:
         try:
             store = await PgStore.open(settings.store or "", password=password, readonly=True)
         except StoreNotReady:
-            return Shared({}, {}, [], {})
+            return Shared({}, {}, [], {}, {})
         try:
             now = time.time()
             return Shared(
@@ -38,6 +39,7 @@ def read(settings: model.Settings) -> Shared:
                 await store.pending_counts(),
                 await store.nodes(),
                 await store.owners(),
+                await store.deliverers(),
             )
         finally:
             await store.close()

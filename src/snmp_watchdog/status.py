@@ -52,11 +52,13 @@ def collect(config: model.Config) -> dict[str, Any]:
     pending: dict[str, int] = {}
     cluster: dict[str, Any] | None = None
     owners: dict[str, Any] = {}
+    deliverers: dict[str, str] = {}
     if settings.store is not None:
         from snmp_watchdog import cluster_status  # noqa: PLC0415 (needs psycopg)
 
         shared = cluster_status.read(settings)
         states, pending, owners = shared.states, shared.pending, shared.owners
+        deliverers = shared.deliverers
         cluster = {
             "node": settings.node or socket.gethostname(),
             "nodes": [
@@ -126,6 +128,10 @@ def collect(config: model.Config) -> dict[str, Any]:
         }
         for r in config.receivers
     ]
+    if cluster is not None:
+        for entry in receivers:
+            # Its owner may differ for a moment: the old one finishes its send, then hands over.
+            entry["delivered_by"] = deliverers.get(str(entry["name"]))
     configured = {r.name for r in config.receivers}
     data: dict[str, Any] = {
         "engine_id": engine,
@@ -188,10 +194,14 @@ def render(data: dict[str, Any]) -> str:
             "(the file's engine_id; receivers of v3 traps need new createUser lines then)"
         )
     for r in data["receivers"]:
-        lines.append(
+        line = (
             f"receiver {r['name']} ({r['address']}, v{r['version']} {r['mode']}): "
             f"{r['pending']} notification(s) not yet delivered"
         )
+        if "delivered_by" in r:
+            holder = r["delivered_by"]
+            line += f", by node {holder}" if holder else ", no node delivering now"
+        lines.append(line)
         if r["create_user"]:
             lines.append(f"  snmptrapd.conf: {r['create_user']}")
     for name, count in data["unconfigured_pending"].items():

@@ -519,6 +519,14 @@ class PgStore:
         rows = await self._read("SELECT service, node, epoch FROM owner")
         return {str(r[0]): Ownership(str(r[1]), int(r[2])) for r in rows}
 
+    async def deliverers(self) -> dict[str, str]:
+        """Receiver -> the node that holds the delivery of its queue (``claim_delivery``)."""
+        rows = await self._read(
+            "SELECT receiver, node FROM delivery "
+            "WHERE EXISTS (SELECT 1 FROM node WHERE name = delivery.node AND expires_at > now())"
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
     async def rebalance(self, services: Iterable[str]) -> dict[str, Ownership]:
         """Give each of ``services`` to its rendezvous owner among the live nodes.
 
