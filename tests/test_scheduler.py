@@ -76,6 +76,18 @@ async def run_for(sched: Scheduler, seconds: float) -> None:
     await task
 
 
+def test_a_scheduler_stopped_before_it_runs_checks_nothing_and_returns() -> None:
+    rec = Recorder()
+
+    async def main() -> None:
+        sched = Scheduler([svc("a")], check=rec.check)
+        sched.stop()
+        await asyncio.wait_for(sched.run(), 1.0)
+
+    run(main())
+    assert rec.starts == {}
+
+
 def test_stable_service_is_checked_every_interval() -> None:
     rec = Recorder()
 
