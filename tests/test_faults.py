@@ -38,7 +38,14 @@ from snmp_watchdog.snmp import Version
 from snmp_watchdog.state import Kind, State
 from snmp_watchdog.storage import SqliteStateStore
 from snmp_watchdog.store import Store
-from tests.helpers import Daemon, SmtpServer, free_tcp_port, free_udp_port, pending_rows
+from tests.helpers import (
+    Daemon,
+    SmtpServer,
+    checks_after,
+    free_tcp_port,
+    free_udp_port,
+    pending_rows,
+)
 from tests.snmptrapd import Received, Snmptrapd
 
 OIDS = Oids()
@@ -658,3 +665,40 @@ def test_snmpv3_traps_still_arrive_after_the_wall_clock_is_stepped_back(
             await asyncio.wait_for(sender.close(), 5)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.snmp
+@root_only
+def test_a_full_disk_is_not_taken_for_writable_again_while_nothing_was_written(
+    tmp_path: Path, snmptrapd: Callable[..., Snmptrapd], smtp: SmtpServer, daemons: list[Daemon]
+) -> None:
+    """A flush with nothing to save yet is no sign that the disk has room again.
+
+    The service stays up, so its states wait for the next full flush; the
+    heartbeat's numbers cannot be stored. The failure is logged once, and
+    the recovery only once the disk has room.
+    """
+    trapd = snmptrapd()
+    assert trapd.port is not None
+    smtp.start()
+    disk = Tmpfs(tmp_path / "state", "8m")
+    try:
+        cfg = tmp_path / "watchdog.yaml"
+        text = config_text(disk.path, trapd.port, service("mail", smtp.port))
+        cfg.write_text(text.replace("watchdog:\n", "watchdog:\n  heartbeat: 0.3s\n", 1))
+        d = Daemon(None, argv=disk.enter(run_argv(cfg, "--log-level", "debug")))
+        daemons.append(d)
+        d.wait_for("ready")
+        checks_after(d, r"check mail: ok", 10)  # past the first flush: what follows is settled
+        filler = disk.fill()
+        failed = d.wait_for(r"ERROR cannot write the state database: .*disk is full")
+        checks_after(d, r"check mail: ok", 10, start=failed)  # two seconds and more
+        after = d.lines[failed:]
+        assert not [ln for ln in after if "writable again" in ln], after
+        assert not [ln for ln in after[1:] if "cannot write the state database" in ln], after
+        filler.unlink()
+        d.wait_for(r"INFO the state database is writable again", start=failed)
+        assert d.stop() == 0
+    finally:
+        disk.close()

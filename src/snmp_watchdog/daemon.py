@@ -906,15 +906,15 @@ class Daemon:
                     dirty = self._dirty
                     batch = {name: dirty.pop(name) for name in self._urgent if name in dirty}
                 self._urgent.clear()  # before the write: results during it mark their own
-                try:
-                    if batch:
+                if batch:  # nothing written is no sign of a writable database
+                    try:
                         await self.placement.save_states(batch)
-                except StoreError as exc:
-                    self._store_failed(exc)
-                    self._dirty = {**batch, **self._dirty}
-                    self._urgent.update(batch)
-                else:
-                    self._store_recovered()
+                    except StoreError as exc:
+                        self._store_failed(exc)
+                        self._dirty = {**batch, **self._dirty}
+                        self._urgent.update(batch)
+                    else:
+                        self._store_recovered()
             if self.notifier is not None:  # also while failing: a stop may come first
                 try:  # a number sent from memory must not be handed out again after a restart
                     await self.notifier.store_sequence()
